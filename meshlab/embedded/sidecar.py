@@ -42,7 +42,7 @@ def envoy_argv(bootstrap_path: Path, log_level: str = "warning") -> list[str]:
         "-c", str(bootstrap_path),
         "--disable-hot-restart",
         "--concurrency", "1",
-        "--drain-time-s", "1",
+        "--drain-time-s", "0",
         "--parent-shutdown-time-s", "2",
         "--log-level", log_level,
         "--component-log-level", "upstream:warning,connection:warning",
