@@ -65,7 +65,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         out.print(f"Embedded mesh already running (state folder {info['home']}).")
         if options:
-            out.print("Options apply when the mesh starts; use `meshlab mesh-config` to change them.")
+            out.print(
+                "Options apply when the mesh starts; use `meshlab mesh-config` to change them."
+            )
     return 0
 
 
@@ -81,7 +83,9 @@ def cmd_down(args: argparse.Namespace) -> int:
     mesh = _mesh(args, start=False)
     was_running = mesh.status().running
     mesh.down()
-    out.print("Embedded mesh stopped; no process is left." if was_running else "Nothing was running.")
+    out.print(
+        "Embedded mesh stopped; no process is left." if was_running else "Nothing was running."
+    )
     return 0
 
 
@@ -98,7 +102,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     auto = "on" if d.get("auto_mtls") else "off"
     out.print(
         f"Embedded mesh running · auto mTLS {auto} · client TLS max "
-        f"{str(d.get('tls_max_version', '')).replace('TLSv1_', '1.')} · addresses {d.get('address_block')}"
+        f"{str(d.get('tls_max_version', '')).replace('TLSv1_', '1.')} · "
+        f"addresses {d.get('address_block')}"
     )
     _print_pods(status.pods)
     return 0
@@ -163,9 +168,15 @@ def cmd_get(args: argparse.Namespace) -> int:
     table = Table(box=None, pad_edge=False, header_style="bold")
     columns = ["NAMESPACE", "NAME"] if kind != "Namespace" else ["NAME"]
     extra = {
-        "PeerAuthentication": ("MODE", lambda b: ((b.get("spec") or {}).get("mtls") or {}).get("mode", "")),
+        "PeerAuthentication": (
+            "MODE",
+            lambda b: ((b.get("spec") or {}).get("mtls") or {}).get("mode", ""),
+        ),
         "DestinationRule": ("HOST", lambda b: (b.get("spec") or {}).get("host", "")),
-        "Namespace": ("LABELS", lambda b: ",".join(f"{k}={v}" for k, v in (b["metadata"].get("labels") or {}).items())),
+        "Namespace": (
+            "LABELS",
+            lambda b: ",".join(f"{k}={v}" for k, v in (b["metadata"].get("labels") or {}).items()),
+        ),
         "Deployment": ("REPLICAS", lambda b: str((b.get("spec") or {}).get("replicas", 1))),
     }.get(kind)
     for col in columns + ([extra[0]] if extra else []) + ["AGE"]:
@@ -212,7 +223,9 @@ def cmd_call(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(result.to_dict()))
     elif result.status is None:
-        err.print(f"[red]{result.code}[/red]  {result.error} (curl would exit {result.curl_exit_code})")
+        err.print(
+            f"[red]{result.code}[/red]  {result.error} (curl would exit {result.curl_exit_code})"
+        )
     else:
         colour = "green" if result.ok else "yellow"
         out.print(f"[{colour}]HTTP {result.status}[/{colour}]  ({result.elapsed * 1000:.1f} ms)")
@@ -234,7 +247,11 @@ def cmd_capture(args: argparse.Namespace) -> int:
         with mesh.capture(args.workload, namespace, port=args.port) as cap:
             target = f"{args.workload}.{namespace}:{args.port}"
             limit = (
-                f"{args.count} flows" if args.count else f"{args.seconds:g} s" if args.seconds else "Ctrl-C"
+                f"{args.count} flows"
+                if args.count
+                else f"{args.seconds:g} s"
+                if args.seconds
+                else "Ctrl-C"
             )
             err.print(f"Capturing on {target} (until {limit})…")
             while not stop["now"]:
@@ -295,16 +312,28 @@ def cmd_mesh_config(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshlab",
-        description="Istio MeshLab: learn Istio mutual TLS on a local mesh with real Envoy sidecars.",
+        description="Istio MeshLab: learn Istio mutual TLS on a local mesh with real Envoys.",
     )
-    parser.add_argument("--home", help="state folder of the embedded mesh (default: $MESHLAB_HOME or ./.meshlab)")
-    parser.add_argument("--backend", choices=["embedded", "kubernetes"], help="default: $MESHLAB_BACKEND or embedded")
+    parser.add_argument(
+        "--home", help="state folder of the embedded mesh (default: $MESHLAB_HOME or ./.meshlab)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["embedded", "kubernetes"],
+        help="default: $MESHLAB_BACKEND or embedded",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("up", help="start the embedded mesh (idempotent)")
-    p.add_argument("--no-auto-mtls", action="store_true", help="like meshConfig.enableAutoMtls=false")
-    p.add_argument("--tls-max-version", choices=["TLSv1_2", "TLSv1_3"], help="what client sidecars offer (default TLSv1_3)")
+    p.add_argument(
+        "--no-auto-mtls", action="store_true", help="like meshConfig.enableAutoMtls=false"
+    )
+    p.add_argument(
+        "--tls-max-version",
+        choices=["TLSv1_2", "TLSv1_3"],
+        help="what client sidecars offer (default TLSv1_3)",
+    )
     p.add_argument("--cert-ttl", help="workload certificate lifetime, e.g. 24h (default) or 20s")
     p.set_defaults(func=cmd_up)
 
@@ -315,9 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=["json"])
     p.set_defaults(func=cmd_status)
 
-    for name, helptext in (("apply", "create or update objects from YAML"), ("delete", "delete objects")):
+    for name, helptext in (
+        ("apply", "create or update objects from YAML"),
+        ("delete", "delete objects"),
+    ):
         p = sub.add_parser(name, help=f"{helptext} (like kubectl {name} -f)")
-        p.add_argument("-f", "--filename", action="append", required=True, help="file, folder, or - for stdin")
+        p.add_argument(
+            "-f", "--filename", action="append", required=True, help="file, folder, or - for stdin"
+        )
         p.add_argument("-n", "--namespace")
         p.set_defaults(func=cmd_apply if name == "apply" else lambda a: cmd_apply(a, delete=True))
 
@@ -337,7 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("call", help="send an HTTP request from inside a workload's pod")
     p.add_argument("--from", dest="source", required=True, metavar="WORKLOAD")
     p.add_argument("url")
-    p.add_argument("-n", "--namespace", help=f"namespace of the source workload (default {DEFAULT_NAMESPACE})")
+    p.add_argument(
+        "-n", "--namespace", help=f"namespace of the source workload (default {DEFAULT_NAMESPACE})"
+    )
     p.add_argument("-X", "--request", default="GET", help="HTTP method")
     p.add_argument("-H", "--header", action="append", help="extra header 'Name: value'")
     p.add_argument("--timeout", type=float, default=5.0)

@@ -79,6 +79,12 @@ class FlowAnalysis:
         }
 
 
+MIDSTREAM_NOTE = (
+    "this connection was already open when the capture began (a pooled keep-alive "
+    "connection): its handshake is not in the capture, only encrypted records"
+)
+
+
 def analyze(c2s: bytes, s2c: bytes, closed_by: str | None = None) -> FlowAnalysis:
     streams = {"c2s": c2s, "s2c": s2c}
     if not c2s and not s2c:
@@ -101,6 +107,14 @@ def analyze(c2s: bytes, s2c: bytes, closed_by: str | None = None) -> FlowAnalysi
     tls_dirs = {
         d: tls.read_direction(data) for d, data in streams.items() if tls.looks_like_tls(data)
     }
+    midstream = not tls_dirs and any(tls.looks_like_tls_midstream(d) for d in streams.values())
+    if midstream:
+        tls_dirs = {
+            d: tls.read_direction(data)
+            for d, data in streams.items()
+            if tls.looks_like_tls_midstream(data)
+        }
+        result.notes.append(MIDSTREAM_NOTE)
     if tls_dirs:
         _read_tls(result, tls_dirs, streams)
 
@@ -249,6 +263,11 @@ def _verdict(result: FlowAnalysis, streams: dict[str, bytes], closed_by: str | N
         if result.alerts:
             side, _, alert = result.alerts[0].partition(": ")
             return f"TLS handshake failed: {side} sent alert {alert}"
+        if MIDSTREAM_NOTE in result.notes and not result.readable_http:
+            return (
+                "encrypted: TLS records on a connection opened before the capture, "
+                "no readable HTTP"
+            )
         if result.server_hello is None:
             return f"TLS ClientHello sent, {before}"
         version = result.tls_version or "TLS (version unknown)"

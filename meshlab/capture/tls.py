@@ -161,6 +161,15 @@ def looks_like_tls(data: bytes) -> bool:
     return is_record_header(data) and data[0] in (21, 22)
 
 
+def looks_like_tls_midstream(data: bytes) -> bool:
+    """A stream seen from the middle of a TLS connection (opened before the capture began):
+    back-to-back application_data records, at least one of them complete."""
+    if not (is_record_header(data) and data[0] == 23):
+        return False
+    records, _ = split_records(data)
+    return any(r.complete for r in records) and all(r.content_type in (21, 23) for r in records)
+
+
 def split_records(data: bytes) -> tuple[list[RecordHeader], int]:
     """The records at the start of a stream, and the offset where they stop.
 

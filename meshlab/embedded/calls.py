@@ -15,6 +15,8 @@ import httpx
 
 from meshlab.embedded.model import OUTBOUND_PORT, Service, resolve_host
 
+LOCALHOST = ("localhost", "127.0.0.1")
+
 
 def _root_cause(err: BaseException) -> BaseException:
     seen = set()
@@ -63,11 +65,17 @@ async def send(
         )
         return result
     authority = parts.netloc.rsplit("@", 1)[-1]
-    if resolve_host(authority, client_namespace, services) is None:
+    local = parts.hostname in LOCALHOST
+    if local:
+        # The pod's own loopback: straight to the app, never through the sidecar (as in a pod,
+        # where Istio does not capture traffic to localhost).
+        url = parts._replace(netloc=f"{inner_ip}:{parts.port or 80}").geturl()
+        headers = {"host": authority, **(headers or {})}
+    elif resolve_host(authority, client_namespace, services) is None:
         host = parts.hostname or authority
         result["error"] = f"could not resolve host: {host}"
         return result
-    proxy = f"http://{inner_ip}:{OUTBOUND_PORT}"
+    proxy = None if local else f"http://{inner_ip}:{OUTBOUND_PORT}"
     try:
         async with httpx.AsyncClient(proxy=proxy, trust_env=False, timeout=timeout) as client:
             response = await client.request(method, url, headers=headers, content=body)

@@ -91,7 +91,9 @@ class EmbeddedMesh(Mesh):
     def up(self) -> dict[str, Any]:
         """Start the daemon if it is not running; returns its ping answer."""
         if self.running():
-            owner = self._owner if self._owner is not None else (os.getpid() if _in_kernel() else None)
+            owner = (
+                self._owner if self._owner is not None else (os.getpid() if _in_kernel() else None)
+            )
             if owner:
                 with contextlib.suppress(DaemonError):
                     self._request("attach", pid=owner)
@@ -205,7 +207,9 @@ class EmbeddedMesh(Mesh):
                 "start it with `meshlab up`"
             ) from err
         except TimeoutError as err:
-            raise DaemonError(f"the mesh daemon did not answer {op!r} within {timeout:.0f} s") from err
+            raise DaemonError(
+                f"the mesh daemon did not answer {op!r} within {timeout:.0f} s"
+            ) from err
         except OSError as err:
             raise DaemonError(f"cannot reach the mesh daemon: {err}") from err
         try:
@@ -219,8 +223,10 @@ class EmbeddedMesh(Mesh):
             raise ResourceError(response.get("problems") or [response.get("error", "")])
         raise ERRORS.get(kind, MeshlabError)(response.get("error", "unknown error"))
 
-    # ---- Mesh API ---------------------------------------------------------------------------------
-    def _documents(self, source: Source, namespace: str | None) -> tuple[list[dict[str, Any]], list[str]]:
+    # ---- Mesh API ----------------------------------------------------------------------------
+    def _documents(
+        self, source: Source, namespace: str | None
+    ) -> tuple[list[dict[str, Any]], list[str]]:
         from meshlab.resources import load
 
         resources = load(source, namespace=namespace)
@@ -366,4 +372,8 @@ def fill_capture(capture: Any, data: dict[str, Any]) -> None:
                 closed_by=f["closed_by"],
             )
         )
-    capture.set_flows(flows, started=data.get("started"), stopped=data.get("stopped"))
+    capture.flows = flows
+    capture.started = data.get("started")
+    capture.stopped = data.get("stopped")
+    if data.get("truncated"):
+        capture.notes.append("the capture reached its size limit (16 MiB); later bytes are missing")

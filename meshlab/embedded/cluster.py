@@ -37,8 +37,7 @@ from meshlab.embedded.model import (
 from meshlab.embedded.pods import ContainerSpec, PodRuntime
 from meshlab.embedded.relay import Recording
 from meshlab.errors import MeshlabError, MeshTimeoutError, NotFoundError, ResourceError
-from meshlab.resources import Resource, load
-from meshlab.resources import convert
+from meshlab.resources import Resource, convert, load
 
 log = logging.getLogger("meshlab.cluster")
 
@@ -69,6 +68,17 @@ def _now_rfc3339() -> str:
 def template_hash(template: dict[str, Any]) -> str:
     digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()
     return digest[:10]
+
+
+class _Line:
+    """Collects the output line of one object, printed in the order of the input."""
+
+    def __init__(self, lines: dict[int, str], position: int) -> None:
+        self.lines = lines
+        self.position = position
+
+    def append(self, text: str) -> None:
+        self.lines[self.position] = text
 
 
 def _stored_key(body: dict[str, Any]) -> tuple[str, str | None, str]:
@@ -108,7 +118,10 @@ class Cluster:
     def save(self) -> None:
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         data = {
-            "mesh": {"auto_mtls": self.mesh.auto_mtls, "tls_max_version": self.mesh.tls_max_version},
+            "mesh": {
+                "auto_mtls": self.mesh.auto_mtls,
+                "tls_max_version": self.mesh.tls_max_version,
+            },
             "objects": [
                 {"body": body, "created": self.created[key]} for key, body in self.objects.items()
             ],
@@ -241,7 +254,9 @@ class Cluster:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
-        return {f"{rt.pod.namespace}/{rt.pod.name}": t for rt, t in zip(waits, results, strict=True)}  # type: ignore[misc]
+        return {
+            f"{rt.pod.namespace}/{rt.pod.name}": t for rt, t in zip(waits, results, strict=True)
+        }  # type: ignore[misc]
 
     # ---- pods -----------------------------------------------------------------------------------
     def _inject(self, namespace: str, template: dict[str, Any]) -> bool:
@@ -424,9 +439,7 @@ class Cluster:
                 for r in self.pods.values()
                 if r.pod.namespace == ns and r.deployment == name and not r.terminating
             ]
-            keep = [
-                r for r in current if r.template_hash == thash and (ns, name) not in restart
-            ]
+            keep = [r for r in current if r.template_hash == thash and (ns, name) not in restart]
             old += [r for r in current if r not in keep]
             if len(keep) > replicas:
                 old += keep[replicas:]
@@ -467,10 +480,12 @@ class Cluster:
         )
         if missing:
             raise ResourceError([f'namespaces "{ns}" not found' for ns in missing])
-        changes: list[str] = []
+        lines: dict[int, str] = {}
         warnings: list[str] = []
         order = {k: i for i, k in enumerate(APPLY_ORDER)}
-        for res in sorted(resources, key=lambda r: order.get(r.kind, 99)):
+        ranked = sorted(enumerate(resources), key=lambda ir: order.get(ir[1].kind, 99))
+        for position, res in ranked:
+            changes = _Line(lines, position)
             warnings += list(res.warnings)
             body = json.loads(json.dumps(res.body))
             key = res.key
@@ -481,9 +496,11 @@ class Cluster:
                 old_meta = old["metadata"]
                 comparable = {k: v for k, v in old.items() if k != "metadata"}
                 new_comp = {k: v for k, v in body.items() if k != "metadata"}
-                same = comparable == new_comp and (old_meta.get("labels") or {}) == (
-                    meta.get("labels") or {}
-                ) and (old_meta.get("annotations") or {}) == (meta.get("annotations") or {})
+                same = (
+                    comparable == new_comp
+                    and (old_meta.get("labels") or {}) == (meta.get("labels") or {})
+                    and (old_meta.get("annotations") or {}) == (meta.get("annotations") or {})
+                )
                 if same:
                     changes.append(f"{label} unchanged")
                     continue
@@ -501,7 +518,7 @@ class Cluster:
             self.objects[key] = body
             self.resources[key] = res
             self.changed()
-        return changes, warnings
+        return [lines[i] for i in sorted(lines)], warnings
 
     async def delete(self, bodies: list[dict[str, Any]]) -> dict[str, Any]:
         resources = load(yaml.safe_dump_all(bodies)) if bodies else []
@@ -511,7 +528,7 @@ class Cluster:
             for res in resources:
                 label = f"{GROUPS.get(res.kind, res.kind.lower())}/{res.name}"
                 if res.key not in self.objects:
-                    warnings.append(f'{label} not found (nothing to delete)')
+                    warnings.append(f"{label} not found (nothing to delete)")
                     continue
                 self._forget(res.key)
                 if res.kind == "Namespace":
@@ -532,7 +549,9 @@ class Cluster:
     async def rollout_restart(self, deployment: str, namespace: str) -> list[str]:
         key = ("Deployment", namespace, deployment)
         if key not in self.objects:
-            raise NotFoundError(f'deployments.apps "{deployment}" not found in namespace {namespace}')
+            raise NotFoundError(
+                f'deployments.apps "{deployment}" not found in namespace {namespace}'
+            )
         async with self.lock:
             await self._reconcile_pods(restart={(namespace, deployment)})
             await self.push()
@@ -544,10 +563,16 @@ class Cluster:
             for r in self.pods.values()
             if r.pod.namespace == namespace
             and not r.terminating
-            and (r.deployment == workload or r.pod.name == workload or r.pod.labels.get("app") == workload)
+            and (
+                r.deployment == workload
+                or r.pod.name == workload
+                or r.pod.labels.get("app") == workload
+            )
         ]
         if not candidates:
-            known = sorted({r.deployment for r in self.pods.values() if r.pod.namespace == namespace})
+            known = sorted(
+                {r.deployment for r in self.pods.values() if r.pod.namespace == namespace}
+            )
             hint = f" (workloads there: {', '.join(known)})" if known else ""
             raise NotFoundError(f"no pod of workload {workload!r} in namespace {namespace!r}{hint}")
         ready = [r for r in candidates if r.pod.ready]

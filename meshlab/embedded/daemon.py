@@ -106,7 +106,12 @@ class Daemon:
         try:
             return {"ok": True, "result": await handler(**args)}
         except ResourceError as err:
-            return {"ok": False, "error": str(err), "type": "ResourceError", "problems": err.problems}
+            return {
+                "ok": False,
+                "error": str(err),
+                "type": "ResourceError",
+                "problems": err.problems,
+            }
         except MeshlabError as err:
             return {"ok": False, "error": str(err), "type": type(err).__name__}
         except TypeError as err:
@@ -151,12 +156,16 @@ class Daemon:
         c = self.cluster
         if kind == "Pod":
             pods = c.pod_status()
-            out = [p for p in pods if namespace in (None, p["namespace"]) and name in (None, p["name"])]
+            out = [
+                p for p in pods if namespace in (None, p["namespace"]) and name in (None, p["name"])
+            ]
         else:
             out = [
                 body
                 for (k, ns, n), body in sorted(c.objects.items(), key=lambda kv: str(kv[0]))
-                if k == kind and (namespace is None or ns in (None, namespace)) and name in (None, n)
+                if k == kind
+                and (namespace is None or ns in (None, namespace))
+                and name in (None, n)
             ]
         if name is not None and not out:
             where = f" in namespace {namespace}" if namespace else ""
@@ -307,9 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cert-ttl", default="24h")
     parser.add_argument("--owner", action="append")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return asyncio.run(_run(args))
     except MeshlabError as err:

@@ -1,8 +1,9 @@
 """Child processes of the daemon, supervised the way a kubelet supervises containers.
 
 Every child gets ``PR_SET_PDEATHSIG(SIGKILL)``: if the daemon dies, even by SIGKILL, its
-pods die with it. Every child carries ``MESHLAB_MEMBER_OF=<state folder>`` in its environment, so leftovers of a
-cluster can be found (and tests can prove there are none) by scanning ``/proc``.
+pods die with it. Every child carries ``MESHLAB_MEMBER_OF=<state folder>`` in its
+environment, so leftovers of a cluster can be found (and tests can prove there are none)
+by scanning ``/proc``.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ HIGH_WATER = 256 * 1024
 
 def proxy_v2_header(src: tuple[str, int], dst: tuple[str, int]) -> bytes:
     """A PROXY protocol v2 header (PROXY command, TCP over IPv4)."""
-    addresses = socket.inet_aton(src[0]) + socket.inet_aton(dst[0]) + struct.pack(
-        "!HH", src[1], dst[1]
+    addresses = (
+        socket.inet_aton(src[0]) + socket.inet_aton(dst[0]) + struct.pack("!HH", src[1], dst[1])
     )
     return PROXY_V2_SIGNATURE + bytes([0x21, 0x11]) + struct.pack("!H", 12) + addresses
 
@@ -142,9 +142,7 @@ class _Connection(asyncio.Protocol):
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            _, upstream = await loop.create_connection(
-                lambda: _Upstream(self), *self.relay.target
-            )
+            _, upstream = await loop.create_connection(lambda: _Upstream(self), *self.relay.target)
         except OSError:
             # Nothing listens behind the pod address (app or sidecar down): refuse.
             self._finish("reset")

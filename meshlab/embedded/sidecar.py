@@ -149,7 +149,10 @@ class Sidecar:
                 stats, last_error = {}, str(err)
             pending = []
             for key, version in wanted.items():
-                prefix = VERSION_STATS.get(key) or f"sds.{key.split('_', 1)[1].replace('rootca', 'ROOTCA')}"
+                prefix = (
+                    VERSION_STATS.get(key)
+                    or f"sds.{key.split('_', 1)[1].replace('rootca', 'ROOTCA')}"
+                )
                 if stats.get(f"{prefix}.version_text") != version:
                     pending.append(key)
             if not pending:

@@ -14,7 +14,10 @@ EXAMPLES = DEPLOYMENTS / "examples"
 A_ID = "spiffe://cluster.local/ns/istio-meshlab/sa/service-a"
 B_URL = "http://service-b-v1:8080/hello"
 B_FROM_LEGACY = "http://service-b-v1.istio-meshlab:8080/hello"
-ENVOY_503 = "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+ENVOY_503 = (
+    "upstream connect error or disconnect/reset before headers. "
+    "reset reason: connection termination"
+)
 
 PLAIN_NAMESPACE = """
 apiVersion: v1
@@ -25,8 +28,9 @@ metadata:
 
 
 def a_to_b(mesh):
-    """service-a's /call-b: what service-a's app got back from service-b-v1."""
-    result = mesh.call("service-a", "http://service-a:8080/call-b", NS)
+    """service-a's /call-b (curl localhost:8080/call-b inside service-a's pod): what
+    service-a's app got back from service-b-v1."""
+    result = mesh.call("service-a", "http://localhost:8080/call-b", NS)
     assert result.status is not None, f"service-a did not answer: {result.error}"
     return result.json()
 
