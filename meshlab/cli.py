@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from meshlab.api import Mesh, connect
@@ -24,8 +25,10 @@ from meshlab.errors import MeshlabError
 
 DEFAULT_NAMESPACE = os.environ.get("MESHLAB_NAMESPACE", "istio-meshlab")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Off a terminal (pipes, notebooks, CI logs) keep tables at their natural width, uncoloured.
+_WIDTH = {"highlight": False, "soft_wrap": True}
+out = Console(**_WIDTH, width=None if sys.stdout.isatty() else 200)  # type: ignore[arg-type]
+err = Console(**_WIDTH, stderr=True, width=None if sys.stderr.isatty() else 200)  # type: ignore[arg-type]
 
 
 def _mesh(args: argparse.Namespace, start: bool = True, **options: Any) -> Mesh:
@@ -126,7 +129,7 @@ def _print_pods(pods: list[Any]) -> None:
     out.print(table)
     for p in pods:
         if p.message:
-            err.print(f"[yellow]{p.namespace}/{p.name}:[/yellow] {p.message}")
+            err.print(f"[yellow]{p.namespace}/{p.name}:[/yellow] {escape(p.message)}")
 
 
 def cmd_apply(args: argparse.Namespace, delete: bool = False) -> int:
@@ -139,7 +142,7 @@ def cmd_apply(args: argparse.Namespace, delete: bool = False) -> int:
         for line in result.changes:
             out.print(line)
         for warning in result.warnings:
-            err.print(f"[yellow]Warning:[/yellow] {warning}")
+            err.print(f"[yellow]Warning:[/yellow] {escape(warning)}")
         total += len(result.changes)
     return 0
 
@@ -223,9 +226,8 @@ def cmd_call(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(result.to_dict()))
     elif result.status is None:
-        err.print(
-            f"[red]{result.code}[/red]  {result.error} (curl would exit {result.curl_exit_code})"
-        )
+        why = escape(result.error or "")
+        err.print(f"[red]{result.code}[/red]  {why} (curl would exit {result.curl_exit_code})")
     else:
         colour = "green" if result.ok else "yellow"
         out.print(f"[{colour}]HTTP {result.status}[/{colour}]  ({result.elapsed * 1000:.1f} ms)")
@@ -290,8 +292,9 @@ def cmd_certificate(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(info, indent=2, default=str))
         return 0
+    width = max(len(k) for k in info)
     for key, value in info.items():
-        out.print(f"[bold]{key:>14}[/bold]  {value}")
+        out.print(f"[bold]{key:>{width}}[/bold]  {escape(str(value))}")
     return 0
 
 
@@ -421,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     except MeshlabError as error:
         if args.debug:
             raise
-        err.print(f"[red]error:[/red] {error}", markup=True)
+        err.print(f"[red]error:[/red] {escape(str(error))}")
         return error.exit_code
     except KeyboardInterrupt:
         return 130
