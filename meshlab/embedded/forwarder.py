@@ -156,10 +156,10 @@ class Forwarder:
                 reset(upstream.transport)
             reset(writer.transport)
         except asyncio.CancelledError:
+            # Only stop() cancels us (the pod is going away): end quietly, as a reset.
             reset(writer.transport)
             if upstream is not None:
                 reset(upstream.transport)
-            raise
         finally:
             self.tasks.discard(task)
             if pump is not None and not pump.done():
