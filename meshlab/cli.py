@@ -275,8 +275,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def _closed_flows(mesh: Mesh, cap: Any) -> int:
-    peek = getattr(mesh, "capture_peek", None)
-    return int(peek(cap)) if peek else 0
+    progress = getattr(mesh, "capture_progress", None)
+    return int(progress(cap)["closed"]) if progress else 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -286,11 +286,17 @@ class EmbeddedMesh(Mesh):
         ns = namespace or self.namespace
         meta = self._request("capture_start", workload=workload, namespace=ns, port=port)
         capture = Capture([], workload=workload, namespace=ns, port=port, address=meta["address"])
+        capture.capture_id = meta["id"]
         try:
             yield capture
         finally:
             data = self._request("capture_stop", id=meta["id"])
             fill_capture(capture, data)
+
+    def capture_progress(self, capture: Any) -> dict[str, int]:
+        """Flows seen so far by an active capture: ``{"flows": n, "closed": m}``."""
+        result: dict[str, int] = self._request("capture_peek", id=capture.capture_id)
+        return result
 
     def rollout_restart(self, deployment: str, namespace: str | None = None) -> list[str]:
         result: list[str] = self._request(

@@ -227,6 +227,13 @@ class Daemon:
         relay.stop_recording(rec)
         return {**meta, **recording_to_json(rec)}
 
+    async def op_capture_peek(self, id: str) -> dict[str, Any]:
+        entry = self.cluster.captures.get(str(id))
+        if entry is None:
+            raise NotFoundError(f"no active capture {id}")
+        flows = entry[1].flows.values()
+        return {"flows": len(flows), "closed": sum(1 for f in flows if f.end is not None)}
+
     async def op_rollout_restart(self, deployment: str, namespace: str) -> list[str]:
         return await self.cluster.rollout_restart(deployment, namespace)
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,49 @@ def test_socket_and_ca_key_are_private(cli):
     assert (sock.parent.stat().st_mode & 0o077) == 0
     key = next((home / "ca").glob("*key*"))
     assert (key.stat().st_mode & 0o777) == 0o600
+
+
+def test_capture_command_writes_a_pcap(cli, tmp_path: Path):
+    import threading
+
+    pcap = tmp_path / "cli.pcap"
+    result: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def capture() -> None:
+        result["cap"] = cli(
+            "capture", "service-b-v1", "-n", "istio-meshlab", "--count", "1", "-w", str(pcap)
+        )
+
+    worker = threading.Thread(target=capture)
+    worker.start()
+    deadline = time.monotonic() + 20
+    while worker.is_alive() and time.monotonic() < deadline:
+        cli("call", "--from", "legacy-client", "-n", "legacy",
+            "http://service-b-v1.istio-meshlab:8080/hello")  # fmt: skip
+        worker.join(0.3)
+    worker.join(30)
+    done = result["cap"]
+    assert done.returncode == 0, done.stderr
+    assert "plaintext: HTTP request and response readable" in done.stdout
+    assert pcap.stat().st_size > 0
+
+
+def test_capture_unknown_port_is_a_clear_error(cli):
+    result = cli("capture", "service-b-v1", "-n", "istio-meshlab", "--port", "9", "--seconds", "1")
+    assert result.returncode != 0
+    assert "no container port 9" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_up_without_auto_mtls(tmp_path: Path):
+    env = {**os.environ, "MESHLAB_HOME": str(tmp_path / "noauto")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "meshlab.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    try:
+        assert run("up", "--no-auto-mtls").returncode == 0
+        details = json.loads(run("status", "-o", "json").stdout)["details"]
+        assert details["auto_mtls"] is False
+    finally:
+        assert run("down").returncode == 0
