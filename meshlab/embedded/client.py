@@ -45,7 +45,14 @@ START_TIMEOUT = 20.0
 
 
 def _in_kernel() -> bool:
-    return "ipykernel" in sys.modules and "IPKernelApp" in repr(sys.modules.get("ipykernel"))
+    """True inside a running Jupyter kernel (whose exit must stop the mesh it started)."""
+    if "ipykernel.kernelapp" not in sys.modules:
+        return False
+    try:
+        from ipykernel.kernelapp import IPKernelApp
+    except ImportError:
+        return False
+    return bool(IPKernelApp.initialized())
 
 
 class EmbeddedMesh(Mesh):
