@@ -50,7 +50,19 @@ def _age(seconds: float) -> str:
 
 
 # ---- commands ---------------------------------------------------------------------------------
+def _backend(args: argparse.Namespace) -> str:
+    from meshlab.api import resolve_backend
+
+    return resolve_backend(args.backend)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    if _backend(args) == "kubernetes":
+        mesh = _mesh(args)
+        details = mesh.status().details
+        context = details.get("context", "the current context")
+        out.print(f"Connected to cluster {context}; Istio is installed. Nothing to start.")
+        return 0
     started = time.monotonic()
     options: dict[str, Any] = {}
     if args.no_auto_mtls:
@@ -83,6 +95,12 @@ class _nullcontext:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    if _backend(args) == "kubernetes":
+        out.print(
+            "Nothing to stop on a real cluster; to remove the lab's objects run "
+            "`meshlab delete -f deployments/` (or kubectl delete -f deployments/)."
+        )
+        return 0
     mesh = _mesh(args, start=False)
     was_running = mesh.status().running
     mesh.down()
@@ -102,6 +120,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         out.print("The embedded mesh is not running (start it with `meshlab up`).")
         return 0
     d = status.details
+    if status.backend == "kubernetes":
+        out.print(f"Cluster {d.get('context', '')} · {d.get('server', '')}")
+        _print_pods(status.pods)
+        return 0
     auto = "on" if d.get("auto_mtls") else "off"
     out.print(
         f"Embedded mesh running · auto mTLS {auto} · client TLS max "
@@ -239,6 +261,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     mesh = _mesh(args)
     namespace = args.namespace or DEFAULT_NAMESPACE
     deadline = time.monotonic() + args.seconds if args.seconds else None
+    if args.count and not hasattr(mesh, "capture_progress"):
+        raise MeshlabError(f"--count is not available on the {mesh.backend} backend; use --seconds")
     stop = {"now": False}
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -405,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--namespace")
     p.add_argument("-o", "--output", choices=["json"])
     p.set_defaults(func=cmd_certificate)
+
+    from meshlab.kubernetes.cli import register_cli as register_images
+
+    register_images(sub)
 
     p = sub.add_parser("mesh-config", help="change mesh-wide settings of the embedded mesh")
     p.add_argument("--auto-mtls", action=argparse.BooleanOptionalAction, default=None)
