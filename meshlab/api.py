@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from meshlab.errors import MeshlabError
 
 if TYPE_CHECKING:
+    from meshlab.analysis import AnalysisReport, Description, MeshState
     from meshlab.capture import Capture
 
 BACKENDS = ("embedded", "kubernetes")
@@ -203,6 +204,38 @@ class Mesh(abc.ABC):
 
     def wait_ready(self, namespace: str | None = None, timeout: float = 60.0) -> None:  # noqa: B027
         """Wait until every pod (of ``namespace``, or all) is ready."""
+
+    # ---- describe / analyze (meshlab.analysis: pure logic over the mesh's state) -------------
+    def analysis_state(self) -> MeshState:
+        """What ``describe`` and ``analyze`` read. This default builds it from ``get`` (every
+        namespace) and ``status``, for any backend; a backend may override it (the embedded
+        one sends its control plane's own snapshot)."""
+        from meshlab.analysis.state import ANALYZED_KINDS, state_from_mesh_objects
+
+        objects = [obj for kind in ANALYZED_KINDS for obj in self.get(kind)]
+        return state_from_mesh_objects(objects, self.status().pods)
+
+    def describe(self, source_workload: str, url: str, namespace: str | None = None) -> Description:
+        """Why a call from ``source_workload`` to ``url`` will be mutual TLS, plaintext, reset
+        or a 503: client side, server side (PeerAuthentication level by level), prediction."""
+        from meshlab.analysis import describe_call
+
+        ns = namespace or getattr(self, "namespace", None) or "istio-meshlab"
+        return describe_call(self.analysis_state(), source_workload, url, ns)
+
+    def analyze(
+        self, source: Source | list[Source] | None = None, namespace: str | None = None
+    ) -> AnalysisReport:
+        """Check the applied state plus the proposed files in ``source`` (loaded, not
+        applied) for mTLS conflicts, policies that do nothing and injection mistakes.
+        ``namespace``: like ``-n``, the namespace of proposed objects that name none, and
+        only findings that concern it."""
+        from meshlab.analysis import analyze
+        from meshlab.analysis.state import source_labels
+        from meshlab.resources import load
+
+        proposed = load(source, namespace=namespace) if source else []
+        return analyze(self.analysis_state(), proposed, namespace, source_labels(source))
 
     def pods(self, namespace: str | None = None) -> Iterator[PodStatus]:
         for pod in self.status().pods:

@@ -430,8 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=["json"])
     p.set_defaults(func=cmd_certificate)
 
+    from meshlab.analysis.cli import register_cli as register_analysis
     from meshlab.kubernetes.cli import register_cli as register_images
 
+    register_analysis(sub)
     register_images(sub)
 
     p = sub.add_parser("mesh-config", help="change mesh-wide settings of the embedded mesh")

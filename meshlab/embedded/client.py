@@ -107,6 +107,8 @@ class EmbeddedMesh(Mesh):
             result: dict[str, Any] = self._request("ping")
             result["started"] = False
             return result
+        crashed = self._crashed_daemon()
+        saved = self._saved_objects()
         self._cleanup_stale()
         homes.prepare(self.home)
         argv = [sys.executable, "-m", "meshlab.embedded.daemon", "--home", str(self.home)]
@@ -143,12 +145,53 @@ class EmbeddedMesh(Mesh):
             if self.running():
                 result = self._request("ping")
                 result["started"] = True
+                if crashed or saved:
+                    result["recovered"] = {"crashed_pid": crashed, "objects": saved}
+                    print(f"meshlab: {self._recovery_note(crashed, saved)}", file=sys.stderr)
                 return result
             time.sleep(0.02)
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         raise DaemonError(
             f"the mesh daemon did not answer within {START_TIMEOUT:.0f} s (log: {log_path})"
+        )
+
+    def _crashed_daemon(self) -> int | None:
+        """The PID of a daemon that died without cleaning up (its PID file is still there)."""
+        pid = homes.read_pid(self.home)
+        if pid and not (homes.pid_alive(pid) and self._is_daemon(pid)):
+            return pid
+        return None
+
+    def _saved_objects(self) -> int:
+        try:
+            data = json.loads((self.home / "state" / "objects.json").read_text())
+            return len(data.get("objects", []))
+        except (OSError, ValueError, AttributeError, TypeError):
+            return 0
+
+    def _recovery_note(self, crashed: int | None, saved: int) -> str:
+        what = (
+            f"the previous mesh daemon (pid {crashed}) had stopped unexpectedly and its pods "
+            "with it; started a new one"
+            if crashed
+            else "started the mesh again"
+        )
+        if saved:
+            what += f" and restored {saved} object(s) from {self.home / 'state' / 'objects.json'}"
+        return what + " (pods are new: restart counts and captures start afresh)"
+
+    def _not_running(self) -> str:
+        crashed = self._crashed_daemon()
+        if crashed:
+            return (
+                f"the mesh daemon (pid {crashed}) stopped unexpectedly, and every pod with it "
+                f"(log: {homes.log_file(self.home)}); run `meshlab up` (or `mesh.up()`) to start "
+                "a new one: it restores the applied objects"
+            )
+        return (
+            f"the embedded mesh is not running (state folder {self.home}); "
+            "start it with `meshlab up`"
         )
 
     def _cleanup_stale(self) -> None:
@@ -209,10 +252,7 @@ class EmbeddedMesh(Mesh):
                     if chunk.endswith(b"\n"):
                         break
         except (FileNotFoundError, ConnectionRefusedError) as err:
-            raise DaemonError(
-                f"the embedded mesh is not running (state folder {self.home}); "
-                "start it with `meshlab up`"
-            ) from err
+            raise DaemonError(self._not_running()) from err
         except TimeoutError as err:
             raise DaemonError(
                 f"the mesh daemon did not answer {op!r} within {timeout:.0f} s"
@@ -240,9 +280,13 @@ class EmbeddedMesh(Mesh):
         return [r.body for r in resources], [w for r in resources for w in r.warnings]
 
     def apply(self, source: Source, namespace: str | None = None) -> ApplyResult:
-        documents, _ = self._documents(source, namespace)
-        result = self._request("apply", documents=documents)
-        return ApplyResult(result["changes"], _unique(result["warnings"]))
+        from meshlab.analysis import apply_warnings
+        from meshlab.resources import load
+
+        resources = load(source, namespace=namespace)
+        result = self._request("apply", documents=[r.body for r in resources])
+        findings = apply_warnings(resources, self.analysis_state())
+        return ApplyResult(result["changes"], _unique(result["warnings"] + findings))
 
     def delete(self, source: Source, namespace: str | None = None) -> ApplyResult:
         documents, _ = self._documents(source, namespace)
@@ -359,6 +403,15 @@ class EmbeddedMesh(Mesh):
                 waiting = ", ".join(p.name for p in pods if not p.ready)
                 raise MeshTimeoutError(f"pods not ready after {timeout:.0f} s: {waiting}")
             time.sleep(0.05)
+
+    # ---- describe / analyze -------------------------------------------------------------------
+    def analysis_state(self) -> Any:
+        """The control plane's own snapshot (exact creation order, container ports) plus the
+        stored Deployments: what ``describe`` and ``analyze`` (``Mesh``'s) read."""
+        from meshlab.analysis.state import MeshState, snapshot_from_dict
+
+        snapshot = snapshot_from_dict(self._request("snapshot"))
+        return MeshState(snapshot, tuple(self._request("get", kind="Deployment")))
 
     def processes(self) -> list[int]:
         """PIDs of every live process of this cluster (the daemon included)."""

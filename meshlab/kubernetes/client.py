@@ -133,6 +133,9 @@ class KubernetesMesh(Mesh):
                 rollout.wait_rollout(self.api, r.namespace or "default", r.name, self.timeout)
         if watch and any(not line.endswith(" unchanged") for line in changes):
             warnings += self._wait_in_force(scope, *before)
+        from meshlab.analysis import apply_warnings
+
+        warnings += apply_warnings(resources, self.analysis_state())
         return ApplyResult(changes, _unique(warnings))
 
     def delete(self, source: Source, namespace: str | None = None) -> ApplyResult:
