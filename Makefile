@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# The learner's lab (make lab) keeps its state next to the notebooks; `make down` stops it.
+LAB_HOME ?= $(CURDIR)/notebooks/.meshlab
 
 .PHONY: install test tutorial lab notebooks bench lint clean down
 
@@ -19,6 +21,7 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+	$(PY) -m pytest --nbval notebooks/
 
 ## make tutorial: run every lesson headless and print a summary per lesson
 tutorial: $(STAMP)
@@ -26,7 +29,7 @@ tutorial: $(STAMP)
 
 ## make lab: open JupyterLab on the first notebook
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/00-welcome.ipynb
+	MESHLAB_HOME=$(LAB_HOME) $(VENV)/bin/jupyter lab notebooks/00-welcome.ipynb
 
 ## make notebooks: re-execute the notebooks in place (refreshes the committed outputs)
 notebooks: $(STAMP)
@@ -40,7 +43,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 down: $(STAMP)
-	$(VENV)/bin/meshlab down
+	MESHLAB_HOME=$(LAB_HOME) $(VENV)/bin/meshlab down
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
