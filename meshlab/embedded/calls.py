@@ -11,8 +11,6 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from meshlab.embedded.model import OUTBOUND_PORT, Service, resolve_host
 
 LOCALHOST = ("localhost", "127.0.0.1")
@@ -30,6 +28,8 @@ def _root_cause(err: BaseException) -> BaseException:
 
 def describe_error(err: BaseException) -> str:
     """Turn an httpx/OS error into the words curl would print."""
+    import httpx  # imported when first needed: it costs the daemon's start ~50 ms
+
     root = _root_cause(err)
     if isinstance(err, httpx.TimeoutException):
         return "timed out"
@@ -75,6 +75,8 @@ async def send(
         host = parts.hostname or authority
         result["error"] = f"could not resolve host: {host}"
         return result
+    import httpx
+
     proxy = None if local else f"http://{inner_ip}:{OUTBOUND_PORT}"
     try:
         async with httpx.AsyncClient(proxy=proxy, trust_env=False, timeout=timeout) as client:
