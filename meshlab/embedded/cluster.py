@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from meshlab.embedded import xds
+from meshlab.embedded import policy, xds
 from meshlab.embedded.addresses import AddressBlock, address_free
 from meshlab.embedded.ca import CertificateAuthority
 from meshlab.embedded.model import (
@@ -59,6 +59,31 @@ GROUPS = {
     "DestinationRule": "destinationrule.networking.istio.io",
 }
 READY_TIMEOUT = 60.0
+FAILURE_THRESHOLD = 3  # failed readiness probes in a row before a running pod is NotReady
+# What a sidecar's virtualInbound accepts on a port, by effective PeerAuthentication mode.
+ACCEPTS = {
+    policy.STRICT: frozenset({"tls"}),
+    policy.PERMISSIVE: frozenset({"tls", "plaintext"}),
+    policy.DISABLE: frozenset({"plaintext"}),
+}
+# A restored cluster answers its clients (`up` waits 20 s) even if a pod never gets ready.
+RESTORE_READY_TIMEOUT = 12.0
+MESH_SETTINGS = {"auto_mtls": (True, False), "tls_max_version": ("TLSv1_2", "TLSv1_3")}
+
+
+def check_mesh_settings(changes: dict[str, Any]) -> dict[str, Any]:
+    """Refuse unknown mesh settings and values (they would end up in every sidecar)."""
+    problems = []
+    for key, value in changes.items():
+        allowed = MESH_SETTINGS.get(key)
+        if allowed is None:
+            problems.append(f"unknown mesh setting {key!r} (known: {', '.join(MESH_SETTINGS)})")
+        elif not any(value is a or (type(value) is type(a) and value == a) for a in allowed):
+            choices = " or ".join(json.dumps(a) for a in allowed)
+            problems.append(f"mesh setting {key}: expected {choices}, got {json.dumps(value)}")
+    if problems:
+        raise MeshlabError("; ".join(problems))
+    return changes
 
 
 def _now_rfc3339() -> str:
@@ -68,6 +93,32 @@ def _now_rfc3339() -> str:
 def template_hash(template: dict[str, Any]) -> str:
     digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()
     return digest[:10]
+
+
+def _with_endpoint_policies(snap: Snapshot, clusters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Record in each outbound cluster what its endpoints' sidecars accept (their effective
+    PeerAuthentication mode per address). When a server's policy changes, the client's
+    cluster changes with it, and Envoy drains the cluster's old connections gracefully:
+    idle ones close at once, busy ones after their request. So the next call after a policy
+    change opens a new connection (and meets the new policy), while no request in flight is
+    cut."""
+    pods = {p.ip: p for p in snap.pods if p.sidecar}
+    for cluster in clusters:
+        if not cluster["name"].startswith("outbound|"):
+            continue
+        modes = {}
+        for group in cluster.get("load_assignment", {}).get("endpoints", []):
+            for lb in group.get("lb_endpoints", []):
+                address = lb["endpoint"]["address"]["socket_address"]
+                pod = pods.get(address["address"])
+                if pod is not None:
+                    port = address["port_value"]
+                    mode = policy.effective_peer_authentication(snap, pod, port).mode
+                    modes[f"{address['address']}:{port}"] = mode
+        if modes:
+            metadata = cluster.setdefault("metadata", {}).setdefault("filter_metadata", {})
+            metadata["meshlab"] = {"endpoint_peer_authentication": modes}
+    return clusters
 
 
 class _Line:
@@ -113,6 +164,7 @@ class Cluster:
         self.started = time.time()
         self.generation = 0
         self._snap: tuple[int, Snapshot] | None = None
+        self._accepts: dict[tuple[str, str], dict[int, frozenset[str]]] = {}
 
     # ---- persistence ------------------------------------------------------------------------
     def save(self) -> None:
@@ -137,9 +189,14 @@ class Cluster:
         try:
             data = json.loads(self.state_file.read_text())
             entries = data.get("objects", [])
-        except (OSError, ValueError):
-            return
-        bodies = [e["body"] for e in entries]
+            bodies = [e["body"] for e in entries]
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            raise MeshlabError(f"{self.state_file}: unreadable ({err}); starting empty") from None
+        # The mesh-wide settings the learner chose (mesh-config) survive a crash too.
+        saved = data.get("mesh") if isinstance(data.get("mesh"), dict) else {}
+        settings = {k: saved[k] for k in MESH_SETTINGS if k in saved}
+        if settings:
+            self.set_mesh(**check_mesh_settings(settings))
         if not bodies:
             return
         resources = load(yaml.safe_dump_all(bodies))
@@ -149,8 +206,10 @@ class Cluster:
             self.created[res.key] = entry["created"]
             self.resources[res.key] = res
         async with self.lock:
-            await self._reconcile_pods()
-            await self._wait_pods_ready(list(self.pods.values()))
+            try:
+                await self._reconcile_pods(ready_timeout=RESTORE_READY_TIMEOUT)
+            except MeshTimeoutError as err:  # they keep starting; readiness pushes later
+                log.warning("restoring: %s", err)
             await self.push()
 
     # ---- snapshot ---------------------------------------------------------------------------
@@ -209,7 +268,7 @@ class Cluster:
         assert runtime.sidecar is not None
         folder = runtime.sidecar.folder
         listeners = xds.listeners(snap, runtime.pod, folder)
-        clusters = xds.clusters(snap, runtime.pod, folder)
+        clusters = _with_endpoint_policies(snap, xds.clusters(snap, runtime.pod, folder))
         return {
             "lds": xds.discovery_response(
                 listeners,
@@ -233,13 +292,37 @@ class Cluster:
                 written.append(key)
         return written
 
+    def _newly_refused(self, snap: Snapshot, runtime: PodRuntime) -> dict[int, frozenset[str]]:
+        """Per pod port, the transports (tls, plaintext) the sidecar accepted at the last push
+        and refuses now."""
+        now = {}
+        for relay in runtime.relays:
+            port = relay.address[1]
+            mode = policy.effective_peer_authentication(snap, runtime.pod, port).mode
+            now[port] = ACCEPTS.get(mode, frozenset())
+        before = self._accepts.get(runtime.key)
+        self._accepts[runtime.key] = now
+        if before is None:
+            return {}
+        return {p: before[p] - now[p] for p in now if p in before and before[p] - now[p]}
+
     async def push(self, timeout: float = 10.0) -> dict[str, float]:
-        """Recompute every sidecar's config; write what changed; wait until it is loaded."""
+        """Recompute every sidecar's config; write what changed; wait until it is loaded.
+
+        Envoy drains connections of a changed filter chain gracefully (in-flight requests
+        finish; see ``envoy_argv``). Connections whose transport the new policy refuses
+        (plaintext after STRICT, say) are reset at the pod's edge once the sidecar has the
+        new listeners, so the next request is refused as it would be on a new connection.
+        """
         snap = self.snapshot()
         waits = {}
+        cuts = {}
         for runtime in list(self.pods.values()):
             if runtime.sidecar is None or runtime.terminating or runtime.envoy is None:
                 continue
+            refused = self._newly_refused(snap, runtime)
+            if refused:
+                cuts[runtime] = refused
             changed = [
                 key
                 for key, doc in self._documents(snap, runtime).items()
@@ -248,9 +331,13 @@ class Cluster:
             if changed and runtime.envoy.pid is not None:
                 waits[runtime] = runtime.sidecar.wait_for(changed, timeout)
         self.push_count += 1
+        results = await asyncio.gather(*waits.values(), return_exceptions=True)
+        for runtime, refused in cuts.items():
+            for relay in runtime.relays:
+                if relay.address[1] in refused:
+                    relay.reset_connections(refused[relay.address[1]])
         if not waits:
             return {}
-        results = await asyncio.gather(*waits.values(), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
@@ -356,17 +443,47 @@ class Cluster:
     async def _probe_loop(self, runtime: PodRuntime) -> None:
         """The kubelet's readiness probe; a change of readiness re-pushes endpoints."""
         interval = 0.05
+        failures = 0
         while not runtime.terminating and runtime.phase != "Failed":
             try:
                 ready = await runtime.probe()
             except Exception:  # a probe never kills the daemon
                 ready = False
+            failures = 0 if ready else failures + 1
+            if not ready and runtime.pod.ready and runtime.running():
+                # Like the kubelet's failureThreshold: one slow answer on a busy machine does
+                # not take a running pod out of its Services; a dead process does at once.
+                ready = failures < FAILURE_THRESHOLD
             if runtime.set_ready(ready):
+                why = "ready" if ready else f"not ready: {runtime.not_ready_reason()}"
+                log.info("pod %s/%s is %s", runtime.pod.namespace, runtime.pod.name, why)
                 self.changed()
-                if not self.lock.locked():
-                    self._push_needed.set()
-            interval = 1.0 if ready else min(interval * 1.5, 0.5)
-            await asyncio.sleep(interval)
+                # Even during a mutation: its push may have read the snapshot already.
+                self._push_needed.set()
+            if ready and failures:
+                interval = 0.2  # confirm a failing probe quickly
+            elif ready:
+                interval = 1.0
+            else:
+                interval = min(interval * 1.5, 0.5)
+            await self._pause(runtime, interval, ready and not failures)
+
+    @staticmethod
+    async def _pause(runtime: PodRuntime, seconds: float, ready: bool) -> None:
+        """Sleep until the next probe; a ready pod whose app or sidecar exits is probed at
+        once (the kubelet marks the pod NotReady when a container dies, without waiting for
+        the next probe), so its endpoint leaves every client sidecar quickly."""
+        events = [p.exited for p in (runtime.app, runtime.envoy) if p is not None]
+        if not ready or not events:
+            await asyncio.sleep(seconds)
+            return
+        waiters = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        await asyncio.sleep(0.01)
 
     async def push_loop(self) -> None:
         """Pushes triggered outside a mutation (readiness changes after a crash, ...)."""
@@ -375,26 +492,40 @@ class Cluster:
             await asyncio.sleep(0.1)  # debounce, as istiod does
             self._push_needed.clear()
             async with self.lock:
-                with contextlib.suppress(MeshlabError):
+                try:
                     await self.push()
+                except MeshlabError as err:
+                    log.warning("push after a readiness change: %s", err)
+                except Exception:  # this loop must outlive any one failed push
+                    log.exception("push after a readiness change failed")
 
     async def _rotate_certs(self, runtime: PodRuntime) -> None:
+        """Istio's agent: a new certificate through SDS at half of the old one's life."""
         while not runtime.terminating:
             cert = runtime.cert
             delay = (cert.rotate_at() - datetime.now(UTC)).total_seconds()
             await asyncio.sleep(max(delay, 0.5))
             if runtime.terminating:
                 return
-            runtime.cert = self.ca.issue(
-                runtime.pod.namespace, runtime.pod.service_account, ttl=self.cert_ttl
-            )
-            written = self._write_secrets(runtime)
-            if runtime.sidecar is not None and runtime.envoy and runtime.envoy.pid:
-                with contextlib.suppress(MeshlabError):
+            try:
+                runtime.cert = self.ca.issue(
+                    runtime.pod.namespace, runtime.pod.service_account, ttl=self.cert_ttl
+                )
+                written = self._write_secrets(runtime)
+                if runtime.sidecar is not None and runtime.envoy and runtime.envoy.pid:
                     await runtime.sidecar.wait_for(written, 10.0)
+            except MeshlabError as err:
+                log.warning("certificate rotation of %s: %s", runtime.pod.name, err)
+            except Exception:  # a failed rotation is retried; it must not end the loop
+                if runtime.terminating:
+                    return
+                log.exception("certificate rotation of %s failed", runtime.pod.name)
+                await asyncio.sleep(1.0)
 
-    async def _wait_pods_ready(self, runtimes: list[PodRuntime]) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
+    async def _wait_pods_ready(
+        self, runtimes: list[PodRuntime], timeout: float = READY_TIMEOUT
+    ) -> None:
+        deadline = time.monotonic() + timeout
         pending = [r for r in runtimes if r.phase != "Failed"]
         while pending:
             for r in pending:
@@ -408,7 +539,7 @@ class Cluster:
             if time.monotonic() > deadline:
                 names = ", ".join(f"{r.pod.namespace}/{r.pod.name}" for r in pending)
                 raise MeshTimeoutError(
-                    f"pods not ready after {READY_TIMEOUT:.0f} s: {names} "
+                    f"pods not ready after {timeout:.0f} s: {names} "
                     "(see `meshlab status` and the logs under the state folder)"
                 )
             await asyncio.sleep(0.03)
@@ -420,8 +551,11 @@ class Cluster:
         await asyncio.gather(*(r.stop() for r in runtimes), return_exceptions=True)
         for r in runtimes:
             self.pods.pop(r.key, None)
+            self._accepts.pop(r.key, None)
 
-    async def _reconcile_pods(self, restart: set[tuple[str, str]] | None = None) -> list[str]:
+    async def _reconcile_pods(
+        self, restart: set[tuple[str, str]] | None = None, ready_timeout: float = READY_TIMEOUT
+    ) -> list[str]:
         """Make pods match Deployments; returns problems (failed pods)."""
         restart = restart or set()
         created: list[PodRuntime] = []
@@ -452,7 +586,7 @@ class Cluster:
             if (r.pod.namespace, r.deployment) not in wanted and not r.terminating
         ]
         if created:
-            await self._wait_pods_ready(created)
+            await self._wait_pods_ready(created, ready_timeout)
         if old:
             await self._stop_pods(old)
         return [f"pod {r.pod.namespace}/{r.pod.name}: {r.message}" for r in created if r.message]
@@ -486,11 +620,11 @@ class Cluster:
         ranked = sorted(enumerate(resources), key=lambda ir: order.get(ir[1].kind, 99))
         for position, res in ranked:
             changes = _Line(lines, position)
-            warnings += list(res.warnings)
             body = json.loads(json.dumps(res.body))
             key = res.key
             old = self.objects.get(key)
             label = f"{GROUPS.get(res.kind, res.kind.lower())}/{res.name}"
+            warnings += [f"{label}: {w}" for w in res.warnings]
             meta = body.setdefault("metadata", {})
             if old is not None:
                 old_meta = old["metadata"]
@@ -585,6 +719,7 @@ class Cluster:
         self.changed()
 
     async def configure_mesh(self, changes: dict[str, Any]) -> dict[str, Any]:
+        check_mesh_settings(changes)
         async with self.lock:
             self.set_mesh(**changes)
             await self.push()
@@ -610,7 +745,7 @@ class Cluster:
                     "workload": r.deployment,
                     "ip": r.pod.ip,
                     "phase": r.state(),
-                    "ready": r.pod.ready,
+                    "ready": r.pod.ready and r.running(),
                     "sidecar": r.pod.sidecar,
                     "restarts": r.restarts,
                     "service_account": r.pod.service_account,

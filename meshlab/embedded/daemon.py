@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -19,6 +20,8 @@ import signal
 import sys
 import time
 import traceback
+import types
+import typing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -82,27 +85,40 @@ class Daemon:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await reader.readline()
-            if not line:
-                return
             try:
-                request = json.loads(line)
-                op = request.pop("op")
-            except (ValueError, KeyError, AttributeError):
-                response: dict[str, Any] = {"ok": False, "error": "malformed request"}
+                line = await reader.readline()
+            except ValueError:  # the line is longer than the stream's limit
+                response = _refusal(f"request larger than {MAX_REQUEST >> 20} MiB")
             else:
-                response = await self._dispatch(op, request)
+                if not line:
+                    return
+                response = await self._handle(line)
             writer.write(json.dumps(response).encode() + b"\n")
             await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+        except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except Exception:  # whatever a client sends, the daemon keeps serving the others
+            log.error("control connection failed:\n%s", traceback.format_exc())
         finally:
             writer.close()
+
+    async def _handle(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+        except (ValueError, RecursionError):
+            return _refusal("not a JSON document")
+        if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+            return _refusal('expected a JSON object with a string "op"')
+        op = request.pop("op")
+        return await self._dispatch(op, request)
 
     async def _dispatch(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         handler = getattr(self, f"op_{op}", None)
         if handler is None:
-            return {"ok": False, "error": f"unknown operation {op!r}"}
+            return {"ok": False, "error": f"unknown operation {op[:80]!r}", "type": "DaemonError"}
+        problem = _argument_problem(handler, args)
+        if problem:
+            return _refusal(problem, f"bad arguments for {op}")
         try:
             return {"ok": True, "result": await handler(**args)}
         except ResourceError as err:
@@ -115,7 +131,7 @@ class Daemon:
         except MeshlabError as err:
             return {"ok": False, "error": str(err), "type": type(err).__name__}
         except TypeError as err:
-            return {"ok": False, "error": f"bad arguments for {op}: {err}"}
+            return {"ok": False, "error": f"bad arguments for {op}: {err}", "type": "DaemonError"}
         except Exception as err:  # the daemon must survive anything a request does
             log.error("operation %s failed:\n%s", op, traceback.format_exc())
             return {"ok": False, "error": f"internal error in {op}: {err}", "type": "DaemonError"}
@@ -258,10 +274,6 @@ class Daemon:
         return await runtime.sidecar.config_dump(resource)
 
     async def op_mesh_config(self, **changes: Any) -> dict[str, Any]:
-        allowed = {"auto_mtls", "tls_max_version"}
-        bad = set(changes) - allowed
-        if bad:
-            raise MeshlabError(f"unknown mesh setting(s): {', '.join(sorted(bad))}")
         return await self.cluster.configure_mesh(changes)
 
     async def op_snapshot(self) -> dict[str, Any]:
@@ -281,6 +293,43 @@ class Daemon:
             return path.read_text(errors="replace")[-20000:]
         except OSError:
             return ""
+
+
+_JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+               list: "an array", dict: "an object", type(None): "null"}  # fmt: skip
+
+
+def _alternatives(hint: Any) -> tuple[Any, ...]:
+    """``str | None`` -> (str, NoneType); ``dict[str, str]`` -> (dict,)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return tuple(typing.get_origin(h) or h for h in typing.get_args(hint))
+    return (typing.get_origin(hint) or hint,)
+
+
+def _argument_problem(handler: Any, args: dict[str, Any]) -> str | None:
+    """Check a request's arguments against the operation's signature and type hints, so a
+    wrong request is refused with a clear message before it reaches the cluster."""
+    signature = inspect.signature(handler)
+    try:
+        signature.bind(**args)
+    except TypeError as err:
+        return str(err)
+    hints = typing.get_type_hints(handler)
+    for name, value in args.items():
+        parameter = signature.parameters.get(name)
+        if parameter is None or parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        allowed = _alternatives(hints.get(name, Any))
+        if Any in allowed or type(value) in allowed or (float in allowed and type(value) is int):
+            continue
+        wanted = " or ".join(_JSON_NAMES.get(t, getattr(t, "__name__", str(t))) for t in allowed)
+        got = _JSON_NAMES.get(type(value), type(value).__name__)
+        return f"{name} must be {wanted}, got {got}"
+    return None
+
+
+def _refusal(why: str, what: str = "malformed request") -> dict[str, Any]:
+    return {"ok": False, "error": f"{what}: {why}", "type": "DaemonError"}
 
 
 def parse_duration(text: str) -> timedelta:

@@ -192,6 +192,17 @@ class PodRuntime:
             writer.close()
         return True
 
+    def running(self) -> bool:
+        """Every container process is alive (a probe may still be failing)."""
+        procs = [p for p in (self.app, self.envoy) if p is not None]
+        return bool(procs) and all(p.pid is not None for p in procs)
+
+    def not_ready_reason(self) -> str:
+        for proc in (self.app, self.envoy):
+            if proc is not None and proc.pid is None:
+                return f"{proc.name} is not running"
+        return "readiness probe failed"
+
     def state(self) -> str:
         if self.terminating:
             return "Terminating"

@@ -127,6 +127,8 @@ class _Connection(asyncio.Protocol):
         self.server_eof_seen = False
         self.flow: RecordedFlow | None = None
         self.closed = False
+        # "tls" or "plaintext", from the client's first byte (0x16 opens a TLS handshake).
+        self.transport: str | None = None
 
     # client side -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -163,6 +165,8 @@ class _Connection(asyncio.Protocol):
             upstream.transport.write_eof()
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None and data:
+            self.transport = "tls" if data[0] == 0x16 else "plaintext"
         self._record("c2s", data)
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.write(data)
@@ -271,6 +275,17 @@ class Relay:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 1.0)
             self.server = None
+
+    def reset_connections(self, transports: set[str] | frozenset[str]) -> int:
+        """Reset the open connections whose client speaks one of ``transports`` ("tls",
+        "plaintext"); returns how many. The cluster calls this when a policy change makes
+        the sidecar refuse what these connections carry: Envoy would let them finish their
+        drain, but the next request on them must be refused, as on a new connection."""
+        cut = [c for c in self.connections.values() if c.transport in transports]
+        for conn in cut:
+            conn.abort()
+            self.connections.pop(conn.id, None)
+        return len(cut)
 
     def start_recording(self) -> Recording:
         rec = Recording()

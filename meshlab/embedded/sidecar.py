@@ -24,6 +24,7 @@ CONFIG_FILES = {
     "sds_default": "sds/default.json",
     "sds_rootca": "sds/rootca.json",
 }
+DRAIN_TIME_S = 5
 VERSION_STATS = {
     "lds": "listener_manager.lds",
     "cds": "cluster_manager.cds",
@@ -37,12 +38,17 @@ def envoy_binary() -> str:
 
 
 def envoy_argv(bootstrap_path: Path, log_level: str = "warning") -> list[str]:
+    # Draining as Istio's agent starts Envoy (--drain-strategy immediate): a listener update
+    # that changes a filter chain lets the connections on it finish their requests, each
+    # response saying `connection: close`, instead of cutting them (with --drain-time-s 0
+    # a PeerAuthentication change reset every in-flight request, even mTLS ones the new
+    # policy accepts). Connections the new policy refuses are reset by the cluster.
     return [
         envoy_binary(),
         "-c", str(bootstrap_path),
         "--disable-hot-restart",
         "--concurrency", "1",
-        "--drain-time-s", "0",
+        "--drain-time-s", str(DRAIN_TIME_S), "--drain-strategy", "immediate",
         "--parent-shutdown-time-s", "2",
         "--log-level", log_level,
         "--component-log-level", "upstream:warning,connection:warning",
