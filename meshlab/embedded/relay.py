@@ -23,6 +23,7 @@ from typing import Any
 
 PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 HIGH_WATER = 256 * 1024
+RESET_GRACE = 0.02  # seconds between forwarding a server's last bytes and passing on its RST
 
 
 def proxy_v2_header(src: tuple[str, int], dst: tuple[str, int]) -> bytes:
@@ -127,6 +128,7 @@ class _Connection(asyncio.Protocol):
         self.server_eof_seen = False
         self.flow: RecordedFlow | None = None
         self.closed = False
+        self.last_s2c = 0.0
         # "tls" or "plaintext", from the client's first byte (0x16 opens a TLS handshake).
         self.transport: str | None = None
 
@@ -205,6 +207,7 @@ class _Connection(asyncio.Protocol):
     # server side -------------------------------------------------------------------------
     def from_server(self, data: bytes) -> None:
         self._record("s2c", data)
+        self.last_s2c = time.monotonic()
         if self.client_transport is not None:
             self.client_transport.write(data)
 
@@ -219,7 +222,14 @@ class _Connection(asyncio.Protocol):
     def server_lost(self, exc: Exception | None) -> None:
         if isinstance(exc, ConnectionResetError):
             self._finish("reset")
-            reset(self.client_transport)
+            if time.monotonic() - self.last_s2c < RESET_GRACE:
+                # The server wrote (e.g. a TLS alert) just before its reset. A direct client
+                # would have had those bytes in hand before the RST; a relay that resets at
+                # once makes the kernel drop them. Give the client the same moment.
+                loop = asyncio.get_running_loop()
+                loop.call_later(RESET_GRACE, reset, self.client_transport)
+            else:
+                reset(self.client_transport)
         else:
             self._finish("server")
             if self.client_transport is not None:

@@ -294,7 +294,12 @@ def test_bad_client_certificates_are_refused(
     assert info.value.reason == python_error
     code, output = openssl_attempt(address, certs, cert)
     assert code != 0
-    assert openssl_error in output
+    # Envoy sends the alert, then closes a socket that still holds the client's unread
+    # request: the kernel sends a RST, and a peer that had not read the alert by then loses
+    # it (as with a direct connection, only likelier through the relay's extra hop). openssl
+    # then reports the abrupt end instead of the alert; Python's client above always got it.
+    abrupt = ("unexpected eof while reading", "Connection reset by peer", "errno=104")
+    assert openssl_error in output or any(a in output for a in abrupt), output[-400:]
     assert "HTTP/1.1" not in output  # no byte of the app's answer
     after = b_stats(secure_mesh, pods)
     assert after[counter] == before.get(counter, 0) + 2
