@@ -184,5 +184,18 @@ def apply_warnings(
     applied: Iterable[Resource | Mapping[str, Any]], state: MeshState | Snapshot
 ) -> list[str]:
     """``findings_for`` as the lines ``apply`` adds to its warnings (``ApplyResult.warnings``
-    prints each after ``Warning:``): ``[MLB0101 Error] (DestinationRule ns/name) ...``."""
-    return [f.apply_warning() for f in findings_for(applied, state)]
+    prints each after ``Warning:``): ``[MLB0101 Error] (DestinationRule ns/name) ...``.
+
+    A root-namespace selector policy already carries the loader's own warning (load() says
+    it has no effect), so its MLB0204 finding is not printed a second time."""
+    applied = list(applied)
+    warned = {
+        (r.namespace, r.name)
+        for r in applied
+        if isinstance(r, Resource) and any("root namespace" in w for w in r.warnings)
+    }
+    return [
+        f.apply_warning()
+        for f in findings_for(applied, state)
+        if not (f.code == "MLB0204" and (f.namespace, f.name) in warned)
+    ]
