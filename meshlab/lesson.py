@@ -17,7 +17,9 @@ The notebooks stay small because the work happens here:
 Everything printed avoids what changes from run to run (pod name suffixes, addresses,
 timestamps, hashes), so the notebooks' committed outputs can be checked by nbval.
 Only the public ``Mesh`` API is used, so the kubernetes backend works the same way;
-mesh-wide settings (``configure``) are the one thing a backend may not offer.
+mesh-wide settings (``configure``) are the one thing a backend may offer only in part (a
+cluster has no TLS version cap: ``compare_tls_versions`` then shows TLS 1.3 alone and says
+why).
 """
 
 from __future__ import annotations
@@ -172,11 +174,17 @@ def mesh_settings(mesh: Mesh) -> dict[str, Any]:
 def configure(mesh: Mesh, **settings: Any) -> dict[str, Any]:
     """Change mesh-wide settings if they differ (``meshConfig.enableAutoMtls``, the TLS
     version client sidecars offer). A backend without ``configure`` accepts only Istio's
-    defaults."""
+    defaults.
+
+    While a setting differs from Istio's default, a notebook cell that fails puts the
+    defaults back (see ``_RestoreOnFailure``): on a cluster meshConfig is shared by every
+    workload, and a lesson that stops halfway never reaches its own restoring step."""
     current = mesh_settings(mesh)
     wanted = {k: v for k, v in settings.items() if current.get(k, DEFAULT_MESH_SETTINGS[k]) != v}
     if not wanted:
-        return {**DEFAULT_MESH_SETTINGS, **current}
+        unchanged = {**DEFAULT_MESH_SETTINGS, **current}
+        _RestoreOnFailure.follow(mesh, unchanged)
+        return unchanged
     configure_ = getattr(mesh, "configure", None)
     if configure_ is None:
         raise NotSupportedError(
@@ -185,7 +193,61 @@ def configure(mesh: Mesh, **settings: Any) -> dict[str, Any]:
             "`istioctl install --set meshConfig.enableAutoMtls=...`"
         )
     result: dict[str, Any] = configure_(**wanted)
+    _RestoreOnFailure.follow(mesh, result)
     return result
+
+
+def _ipython() -> Any:
+    """The running IPython shell (a notebook kernel), or None in a plain interpreter."""
+    module = sys.modules.get("IPython")
+    get = getattr(module, "get_ipython", None) if module is not None else None
+    return get() if get is not None else None
+
+
+class _RestoreOnFailure:
+    """A ``post_run_cell`` hook, present while a mesh's settings differ from Istio's
+    defaults: when a cell fails, it puts the defaults back and says so in that cell's
+    output, then removes itself. Outside IPython it does nothing."""
+
+    active: dict[int, _RestoreOnFailure] = {}
+
+    def __init__(self, mesh: Mesh, shell: Any) -> None:
+        self.mesh = mesh
+        self.shell = shell
+
+    @classmethod
+    def follow(cls, mesh: Mesh, settings: dict[str, Any]) -> None:
+        changed = any(settings.get(k, v) != v for k, v in DEFAULT_MESH_SETTINGS.items())
+        hook = cls.active.get(id(mesh))
+        if hook is not None and not changed:
+            hook.remove()
+        elif hook is None and changed:
+            shell = _ipython()
+            if shell is not None:
+                hook = cls(mesh, shell)
+                shell.events.register("post_run_cell", hook)
+                cls.active[id(mesh)] = hook
+
+    def remove(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.shell.events.unregister("post_run_cell", self)
+        if self.active.get(id(self.mesh)) is self:
+            del self.active[id(self.mesh)]
+
+    def __call__(self, result: Any) -> None:
+        if getattr(result, "success", True):
+            return
+        self.remove()
+        try:
+            back = configure(self.mesh, **DEFAULT_MESH_SETTINGS)
+        except MeshlabError as err:
+            print(
+                f"A cell failed while mesh-wide settings were changed, and putting Istio's "
+                f"defaults back failed too: {err}. Run lesson.configure(mesh, auto_mtls=True)."
+            )
+            return
+        now = _settings_line({**DEFAULT_MESH_SETTINGS, **back}).removeprefix("mesh config: ")
+        print(f"A cell failed: mesh-wide settings put back to Istio's defaults ({now}).")
 
 
 def _reference(obj: dict[str, Any]) -> str:
@@ -775,6 +837,116 @@ def certificate_card(cert: Any) -> Text:
         f"Rotated after:    about {_hours((lifetime - skew) * ROTATION_RATIO)} (half its lifetime)",
     ]
     return Text("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------
+# TLS 1.2 against TLS 1.3 on the wire (lesson 05)
+
+TLS_TITLES = ("TLS 1.2", "TLS 1.3 (Istio's choice)")
+TLS12_UNAVAILABLE = (
+    "TLS 1.2: not captured. This backend cannot cap the client sidecars at TLS 1.2: Istio "
+    "gives them TLS 1.2 up to 1.3 and has no mesh setting to lower the maximum "
+    "(meshMTLS.minProtocolVersion only raises the minimum), so the TLS 1.2 side of this "
+    "comparison needs the embedded mesh (MESHLAB_BACKEND=embedded)."
+)
+RESTARTED_FOR_HANDSHAKE = (
+    "service-a was restarted first, so that its sidecar opened a new connection and the "
+    "capture shows the whole handshake."
+)
+
+
+@dataclass
+class TlsComparison:
+    """service-a calling service-b-v1, captured at service-b-v1's pod with the client
+    sidecars capped at TLS 1.2 (``tls12``) and at TLS 1.3 (``tls13``). ``tls12`` is None
+    when the backend cannot cap the version; ``refused`` then holds its reason, and what is
+    shown and checked is the TLS 1.3 capture alone."""
+
+    tls13: Any
+    tls12: Any = None
+    refused: str = ""
+    restarted: bool = False
+
+    def view(self) -> Any:
+        from meshlab.capture import side_by_side
+        from meshlab.capture.render import STYLE, capture_body_html
+        from meshlab.display import HTML
+
+        if self.tls12 is not None:
+            return side_by_side(self.tls12, self.tls13, TLS_TITLES)
+        note = TLS12_UNAVAILABLE + (f" {RESTARTED_FOR_HANDSHAKE}" if self.restarted else "")
+        body = capture_body_html(self.tls13, limit=128, detailed=1, short=True)
+        markup = (
+            f'<div class="mlcap-sbs">{STYLE}<div class="mlcap"><div class="title">'
+            f'{esc(TLS_TITLES[1])}</div>{body}</div><div class="mlcap"><div class="title">'
+            f'{esc(TLS_TITLES[0])}</div><div class="meta">{esc(note)}</div></div></div>'
+        )
+        return HTML(markup, f"{TLS_TITLES[1]}: {self.tls13.verdict}\n{note}")
+
+    def _repr_html_(self) -> str:
+        return str(self.view()._repr_html_())
+
+    def __repr__(self) -> str:
+        return repr(self.view())
+
+    def explain(self, version: str) -> str:
+        """What an observer reads in the capture of ``version`` ("1.2" or "1.3"); a line
+        saying there is none when this backend could not take the TLS 1.2 one."""
+        captures = {"1.2": self.tls12, "1.3": self.tls13}
+        key = version.removeprefix("TLS").strip()
+        if key not in captures:
+            raise MeshlabError(f"no TLS {key} capture here: expected '1.2' or '1.3'")
+        capture = captures[key]
+        if capture is None:
+            return "TLS 1.2: no capture on this backend (see the comparison above)."
+        return str(capture.explain_tls())
+
+    def check_tls12(self, identities: set[str]) -> str:
+        """Check the TLS 1.2 capture: TLS 1.2 negotiated, ``identities`` (both SPIFFE IDs)
+        readable on the wire, no readable HTTP. Without one, the backend must have refused
+        the cap (it said why). Raises ``AssertionError``; returns what was shown, for the
+        lesson's ``PASSED`` line."""
+        if self.tls12 is None:
+            if not self.refused:
+                raise AssertionError("no TLS 1.2 capture, and the backend did not refuse it")
+            return "TLS 1.3 hides both SPIFFE IDs (TLS 1.2: embedded mesh only)"
+        problems = []
+        if self.tls12.tls_versions != ["TLS 1.2"]:
+            problems.append(f"negotiated {self.tls12.tls_versions}, expected ['TLS 1.2']")
+        if set(self.tls12.spiffe_ids) != set(identities):
+            problems.append(f"identities on the wire {sorted(self.tls12.spiffe_ids)}, expected "
+                            f"{sorted(identities)}")  # fmt: skip
+        if self.tls12.readable_http:
+            problems.append("HTTP readable")
+        if problems:
+            raise AssertionError("TLS 1.2 capture: " + "; ".join(problems))
+        return "TLS 1.2 leaks both SPIFFE IDs, TLS 1.3 none"
+
+
+def compare_tls_versions(mesh: Mesh) -> TlsComparison:
+    """Capture ``call_b_from_a`` at service-b-v1's pod with the client sidecars capped at
+    TLS 1.2, then at TLS 1.3 (each change reconfigures them, so each capture starts with a
+    handshake). A backend that cannot cap the version (``NotSupportedError``) gets the TLS
+    1.3 capture only: service-a is restarted first, since nothing reconfigured its sidecar
+    and its pooled connection would hide the handshake. The setting is back at TLS 1.3 on
+    return, also when a capture fails."""
+    tls12 = None
+    refused = ""
+    try:
+        configure(mesh, tls_max_version="TLSv1_2")
+    except NotSupportedError as err:
+        refused = str(err)
+    else:
+        try:
+            with mesh.capture(SERVICE_B, NS) as tls12:
+                call_b_from_a(mesh)
+        finally:
+            configure(mesh, tls_max_version="TLSv1_3")
+    if refused:
+        mesh.rollout_restart(SERVICE_A, NS)
+    with mesh.capture(SERVICE_B, NS) as tls13:
+        call_b_from_a(mesh)
+    return TlsComparison(tls13, tls12, refused, restarted=bool(refused))
 
 
 # ---------------------------------------------------------------------------------------

@@ -528,8 +528,11 @@ L04 = [
     md("""
         ## Step 2: switch auto mTLS off
 
-        A mesh-wide setting. On a cluster:
-        `istioctl install --set meshConfig.enableAutoMtls=false`.
+        A mesh-wide setting: istiod's `meshConfig.enableAutoMtls`. On a cluster it lives in
+        the ConfigMap `istio` in `istio-system` (key `mesh`; `kubectl -n istio-system edit
+        configmap istio`, or `istioctl install --set meshConfig.enableAutoMtls=false`), and
+        it applies to **every** workload of the cluster. This lesson turns it back on in
+        step 3; if a cell fails before that, `lesson.configure` turns it back on by itself.
         """),
     code("lesson.configure(mesh, auto_mtls=False)"),
     md("""
@@ -637,14 +640,15 @@ L04 = [
         assert trap.status == 503 and trap.body == ENVOY_503
         assert trap_wire.http_request_lines and not trap_wire.http_response_lines
         assert fixed.status == 200
-        assert lesson.mesh_settings(mesh).get("auto_mtls", True) is True
+        assert lesson.mesh_settings(mesh)["auto_mtls"] is True
         lesson.passed("04", "auto mTLS off: 503 until the ISTIO_MUTUAL rule",
                       "DR DISABLE + STRICT: 503 connection termination", "fixed: 200")
         """),
     md("""
         ## Cleanup
 
-        Lesson 05 keeps STRICT and the `ISTIO_MUTUAL` rule. To undo both:
+        Auto mTLS is on again (step 3; the checks above prove it). Lesson 05 keeps STRICT
+        and the `ISTIO_MUTUAL` rule. To undo both:
         `kubectl delete -f deployments/service-b-v1-destination-rule.yaml -f deployments/istio-mtls-peer-auth.yaml`.
         """),
 ]
@@ -699,22 +703,17 @@ L05 = [
 
         Istio's sidecars offer TLS 1.2 and 1.3 and settle on 1.3. The lab can cap its
         client sidecars at 1.2 (Envoy's own default for upstream TLS, and still common
-        outside meshes) so you can compare. Each change reconfigures the clusters, so every
-        capture below starts with a fresh handshake.
+        outside meshes) so you can compare: `compare_tls_versions` captures service-a's call
+        once capped at 1.2, once at 1.3. Each change reconfigures the clusters, so every
+        capture starts with a fresh handshake. Istio itself has no setting to cap the
+        version: on a cluster you get the TLS 1.3 capture, and a line on why.
         """),
     code("""
-        lesson.configure(mesh, tls_max_version="TLSv1_2")
-        with mesh.capture("service-b-v1", "istio-meshlab") as tls12:
-            lesson.call_b_from_a(mesh)
-
-        lesson.configure(mesh, tls_max_version="TLSv1_3")
-        with mesh.capture("service-b-v1", "istio-meshlab") as tls13:
-            lesson.call_b_from_a(mesh)
-
-        side_by_side(tls12, tls13, ("TLS 1.2", "TLS 1.3 (Istio's choice)"))
+        wire = lesson.compare_tls_versions(mesh)
+        wire
         """),
-    code("print(tls12.explain_tls())"),
-    code("print(tls13.explain_tls())"),
+    code('print(wire.explain("1.2"))'),
+    code('print(wire.explain("1.3"))'),
     md("""
         Both versions keep the HTTP requests private. TLS 1.2 sends the Certificate messages
         in clear, so a passive observer learns **who talks to whom** (both SPIFFE IDs); TLS
@@ -745,12 +744,12 @@ L05 = [
         B_ID = "spiffe://cluster.local/ns/istio-meshlab/sa/service-b-v1"
         assert cert_b.spiffe_id == B_ID and cert_b.subject == "" and cert_b.issuer == "O=cluster.local"
         assert lesson.xfcc(reply)["Hash"] == cert_a.fingerprint_sha256
-        assert tls12.tls_versions == ["TLS 1.2"] and set(tls12.spiffe_ids) == {{B_ID, "{A_ID}"}}
-        assert tls13.tls_versions == ["TLS 1.3"] and tls13.spiffe_ids == []
-        assert not tls12.readable_http and not tls13.readable_http
+        assert wire.tls13.tls_versions == ["TLS 1.3"] and wire.tls13.spiffe_ids == []
+        assert not wire.tls13.readable_http
+        tls = wire.check_tls12({{B_ID, "{A_ID}"}})  # when the backend could cap it at 1.2
         assert new.spiffe_id == old.spiffe_id and new.fingerprint_sha256 != old.fingerprint_sha256
-        lesson.passed("05", "SPIFFE certificates (empty subject, URI SAN)",
-                      "TLS 1.2 leaks both SPIFFE IDs, TLS 1.3 none", "restart: new cert, same ID")
+        lesson.passed("05", "SPIFFE certificates (empty subject, URI SAN)", tls,
+                      "restart: new cert, same ID")
         """),
     md("""
         ## Cleanup

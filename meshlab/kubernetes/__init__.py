@@ -5,7 +5,8 @@
 Modules: ``connection`` (kubeconfig, REST), ``preconditions`` (cluster, Istio, istiod),
 ``apply`` (server-side apply, delete), ``rollout`` (Deployments), ``pods`` (status, which pod),
 ``exec`` and ``calls`` (requests from a pod), ``capture`` (tcpdump in an ephemeral container),
-``certs`` and ``inforce`` (sidecar admin), ``images`` and ``cli`` (`meshlab images build`).
+``certs`` and ``inforce`` (sidecar admin), ``meshconfig`` (istiod's meshConfig ConfigMap),
+``images`` and ``cli`` (`meshlab images build`).
 """
 
 from meshlab.kubernetes.client import KubernetesMesh

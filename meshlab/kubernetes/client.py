@@ -25,7 +25,7 @@ from meshlab.errors import (
     NotFoundError,
     NotSupportedError,
 )
-from meshlab.kubernetes import calls, certs, inforce, pods, rollout
+from meshlab.kubernetes import calls, certs, inforce, meshconfig, pods, rollout
 from meshlab.kubernetes import capture as captures
 from meshlab.kubernetes.apply import apply_resources, delete_resources
 from meshlab.kubernetes.connection import Api, ApiError
@@ -34,11 +34,15 @@ from meshlab.kubernetes.objects import ISTIO_KINDS, Discovery, as_shown, collect
 from meshlab.kubernetes.objects import object_path as _object_path
 from meshlab.kubernetes.preconditions import check_all
 
-MESH_CONFIG_HINT = (
-    "on a real cluster, mesh-wide settings live in istiod's meshConfig: change them with "
-    "`istioctl install --set meshConfig.enableAutoMtls=false` (or the istio ConfigMap in "
-    "istio-system), then restart the workloads"
+TLS_VERSION_HINT = (
+    "Istio has no mesh setting for the highest TLS version client sidecars "
+    "offer (istiod gives them TLS 1.2 up to 1.3); meshConfig.meshMTLS.minProtocolVersion "
+    "only raises the minimum. Comparing TLS 1.2 with 1.3 on the wire needs the embedded mesh "
+    "(MESHLAB_BACKEND=embedded)"
 )
+ISTIO_TLS_MAX = "TLSv1_3"  # what istiod's client sidecars offer at most (not configurable)
+MESH_SETTINGS = ("auto_mtls", "tls_max_version")
+MESH_SETTLE = 30.0  # seconds a mesh config change may take to reach the first sidecar
 CONTEXT_ENV = "MESHLAB_CONTEXT"  # the kubeconfig context when none is passed
 EMBEDDED_ONLY = ("home", "start", "owner")  # options of the embedded mesh, meaningless here
 MAX_WATCHED = 20  # sidecars read to decide that a change is in force (one exec each)
@@ -70,9 +74,11 @@ class KubernetesMesh(Mesh):
                                    ("cert_ttl", cert_ttl)) if v is not None}  # fmt: skip
         if asked:
             raise NotSupportedError(
-                f"{', '.join(asked)}: {MESH_CONFIG_HINT} (workload certificate lifetime: the "
-                "proxies' SECRET_TTL variable; the minimum mTLS version: "
-                "meshConfig.meshMTLS.minProtocolVersion)"
+                f"{', '.join(asked)}: on a cluster these are not options of the connection. "
+                "auto mTLS is istiod's meshConfig.enableAutoMtls, shared by every workload: "
+                "change it with mesh.configure(auto_mtls=...) once connected. The workload "
+                "certificate lifetime is the proxies' SECRET_TTL variable; the TLS version: "
+                "meshConfig.meshMTLS.minProtocolVersion sets only the minimum"
             )
         self.context = context or os.environ.get(CONTEXT_ENV) or None
         self.kubeconfig = kubeconfig
@@ -207,7 +213,19 @@ class KubernetesMesh(Mesh):
             for p in listed
             if p["metadata"].get("namespace") not in pods.SYSTEM_NAMESPACES
         ]
-        return MeshStatus(backend=self.backend, running=True, pods=shown, details=self.info())
+        return MeshStatus(
+            backend=self.backend, running=True, pods=shown,
+            details={**self.info(), **self._mesh_settings()},
+        )  # fmt: skip
+
+    def _mesh_settings(self) -> dict[str, Any]:
+        """``auto_mtls`` from istiod's meshConfig and where it was read; only the error when
+        the ConfigMap cannot be read (status() reports, it does not fail)."""
+        try:
+            found = meshconfig.find(self.api, self.istio_namespace)
+            return {"auto_mtls": found.auto_mtls, "mesh_config": found.where}
+        except ClusterError as err:
+            return {"mesh_config_error": str(err)}
 
     def wait_ready(self, namespace: str | None = None, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -371,13 +389,16 @@ class KubernetesMesh(Mesh):
         self, namespaces: set[str] | None
     ) -> tuple[dict[str, inforce.Updates], list[str]]:
         """Accepted/rejected LDS+CDS update counts of the ready sidecars in ``namespaces``
-        (None: every namespace but the system ones), at most ``MAX_WATCHED`` of them; and
-        why the others could not be read."""
+        (None: every namespace but the system ones, the lab's first), at most
+        ``MAX_WATCHED`` of them; and why the others could not be read."""
         counts: dict[str, inforce.Updates] = {}
         problems: list[str] = []
         listed: list[dict[str, Any]] = []
         if namespaces is None:
-            listed = pods.list_pods(self.api)
+            listed = sorted(
+                pods.list_pods(self.api),
+                key=lambda p: p["metadata"].get("namespace") != self.namespace,
+            )
         else:
             for ns in sorted(namespaces):
                 listed += pods.list_pods(self.api, ns)
@@ -402,22 +423,51 @@ class KubernetesMesh(Mesh):
         return counts, problems
 
     def _wait_in_force(
-        self, scope: set[str] | None, before: dict[str, inforce.Updates], problems: list[str]
+        self,
+        scope: set[str] | None,
+        before: dict[str, inforce.Updates],
+        problems: list[str],
+        settle: float | None = None,
     ) -> list[str]:
+        settle = self.settle if settle is None else settle
         if not before and problems:  # sidecars exist but none could be read: wait blind
-            time.sleep(self.settle)
+            time.sleep(settle)
             return [
                 f"could not read the sidecars' update counters ({problems[0]}); waited "
-                f"{self.settle:g} s for the change to reach them instead"
+                f"{settle:g} s for the change to reach them instead"
             ]
-        return inforce.wait_in_force(
-            lambda: self._read_sidecars(scope)[0], before, settle=self.settle
-        )
+        return inforce.wait_in_force(lambda: self._read_sidecars(scope)[0], before, settle=settle)
 
+    # ---- mesh-wide settings ------------------------------------------------------------------
     def configure(self, **settings: Any) -> dict[str, Any]:
-        """Mesh-wide settings cannot be changed from here on a real cluster."""
-        names = ", ".join(sorted(settings)) or "mesh settings"
-        raise NotSupportedError(f"{names}: {MESH_CONFIG_HINT}")
+        """Change mesh-wide settings: ``auto_mtls`` is istiod's ``meshConfig.enableAutoMtls``
+        (ConfigMap ``istio`` in the Istio namespace, key ``mesh``), for the whole cluster.
+
+        Returns when the sidecars have taken the change (their update counters, as for
+        policies). ``tls_max_version`` has no Istio counterpart: "TLSv1_3", what istiod's
+        sidecars offer anyway, is accepted; anything else raises ``NotSupportedError``.
+        A bad value or an unknown setting changes nothing."""
+        unknown = sorted(set(settings) - set(MESH_SETTINGS))
+        if unknown:
+            raise NotSupportedError(
+                f"unknown mesh setting(s) {', '.join(unknown)} (known: {', '.join(MESH_SETTINGS)})"
+            )
+        tls = settings.get("tls_max_version", ISTIO_TLS_MAX)
+        if tls != ISTIO_TLS_MAX:
+            raise NotSupportedError(f"tls_max_version={tls!r}: {TLS_VERSION_HINT}")
+        wanted = settings.get("auto_mtls")
+        if "auto_mtls" in settings and not isinstance(wanted, bool):
+            raise MeshlabError(f"mesh setting auto_mtls: expected true or false, got {wanted!r}")
+        found = meshconfig.find(self.api, self.istio_namespace)
+        warnings: list[str] = []
+        if isinstance(wanted, bool) and found.auto_mtls is not wanted:
+            before = self._read_sidecars(None)
+            found = meshconfig.set_auto_mtls(self.api, found, wanted)
+            warnings = self._wait_in_force(None, *before, settle=max(self.settle, MESH_SETTLE))
+        result: dict[str, Any] = {"auto_mtls": found.auto_mtls, "tls_max_version": ISTIO_TLS_MAX}
+        if warnings:
+            result["warnings"] = _unique(warnings)
+        return result
 
 
 def _where(namespace: str | None) -> str:

@@ -3,6 +3,7 @@ stage machinery and the views on a real embedded mesh."""
 
 from __future__ import annotations
 
+import contextlib
 import xml.etree.ElementTree as ET
 from datetime import timedelta
 
@@ -10,6 +11,7 @@ import pytest
 
 from meshlab import lesson
 from meshlab.api import CallResult, MeshStatus
+from meshlab.capture import Capture
 from meshlab.errors import MeshlabError, NotSupportedError
 from tests.conftest import DEPLOYMENTS, NS
 
@@ -149,6 +151,191 @@ def test_configure_accepts_defaults_and_refuses_changes_without_backend_support(
     assert lesson.configure(mesh, auto_mtls=True)["auto_mtls"] is True  # type: ignore[arg-type]
     with pytest.raises(NotSupportedError, match="enableAutoMtls"):
         lesson.configure(mesh, auto_mtls=False)  # type: ignore[arg-type]
+
+
+class SettingsMesh:
+    """A backend whose mesh settings live in a dict (like a meshConfig), refusing
+    ``tls_max_version`` changes when ``caps_tls`` is False (as the kubernetes one does)."""
+
+    backend = "fake"
+
+    def __init__(self, caps_tls: bool = True, fail_restore: bool = False) -> None:
+        self.settings = {"auto_mtls": True}
+        self.caps_tls = caps_tls
+        self.fail_restore = fail_restore
+        self.log: list[tuple[str, object]] = []
+
+    def status(self) -> MeshStatus:
+        return MeshStatus(backend=self.backend, running=True, details=dict(self.settings))
+
+    def configure(self, **settings):
+        self.log.append(("configure", settings))
+        if self.fail_restore and settings.get("auto_mtls") is True:
+            raise MeshlabError("the cluster went away")
+        if settings.get("tls_max_version", "TLSv1_3") != "TLSv1_3" and not self.caps_tls:
+            raise NotSupportedError("tls_max_version: no such mesh setting here")
+        self.settings.update(settings)
+        return {"tls_max_version": "TLSv1_3", **self.settings}
+
+    def rollout_restart(self, deployment, namespace=None):
+        self.log.append(("restart", deployment))
+        return [f"deployment.apps/{deployment} restarted"]
+
+    @contextlib.contextmanager
+    def capture(self, workload, namespace=None, port=8080):
+        self.log.append(("capture", self.settings.get("tls_max_version", "TLSv1_3")))
+        yield Capture([], workload=workload, namespace=namespace or "", port=port)
+
+    def call(self, workload, url, namespace=None, **kwargs):
+        self.log.append(("call", workload))
+        return CallResult(200, body=a_body(XFCC))
+
+
+class Shell:
+    """The part of an IPython shell the restore hook uses: its real event manager."""
+
+    def __init__(self) -> None:
+        from IPython.core.events import EventManager, available_events
+
+        self.events = EventManager(self, available_events)
+
+
+def cell(ok: bool):
+    from IPython.core.interactiveshell import ExecutionInfo, ExecutionResult
+
+    result = ExecutionResult(ExecutionInfo("x", False, False, False, None))
+    if not ok:
+        result.error_in_exec = RuntimeError("a cell failed")
+    return result
+
+
+@pytest.fixture
+def shell(monkeypatch):
+    fake = Shell()
+    monkeypatch.setattr(lesson, "_ipython", lambda: fake)
+    monkeypatch.setattr(lesson._RestoreOnFailure, "active", {})
+    return fake
+
+
+def test_a_failing_cell_puts_changed_mesh_settings_back(shell, capsys):
+    mesh = SettingsMesh()
+    lesson.configure(mesh, auto_mtls=False)
+    shell.events.trigger("post_run_cell", cell(ok=True))
+    assert mesh.settings["auto_mtls"] is False  # cells that succeed change nothing
+    shell.events.trigger("post_run_cell", cell(ok=False))
+    assert mesh.log[-1] == ("configure", {"auto_mtls": True})  # only what differs
+    assert mesh.settings["auto_mtls"] is True
+    assert capsys.readouterr().out == (
+        "A cell failed: mesh-wide settings put back to Istio's defaults (auto mTLS on; "
+        "client sidecars offer TLS 1.2 up to 1.3).\n"
+    )
+    assert shell.events.callbacks["post_run_cell"] == []  # once only
+    assert len(mesh.log) == 2
+
+
+def test_the_restore_hook_leaves_with_the_defaults_and_reports_its_own_failure(shell, capsys):
+    mesh = SettingsMesh()
+    lesson.configure(mesh, auto_mtls=False)
+    lesson.configure(mesh, auto_mtls=False)  # already so: still one hook
+    assert len(shell.events.callbacks["post_run_cell"]) == 1
+    lesson.configure(mesh, auto_mtls=True)  # the lesson's own restoring step
+    assert shell.events.callbacks["post_run_cell"] == []
+    shell.events.trigger("post_run_cell", cell(ok=False))
+    assert capsys.readouterr().out == ""
+
+    broken = SettingsMesh(fail_restore=True)
+    lesson.configure(broken, auto_mtls=False)
+    shell.events.trigger("post_run_cell", cell(ok=False))
+    out = capsys.readouterr().out
+    assert "putting Istio's defaults back failed too: the cluster went away" in out
+    assert "lesson.configure(mesh, auto_mtls=True)" in out
+
+
+def test_no_restore_hook_outside_ipython(monkeypatch):
+    monkeypatch.setattr(lesson, "_ipython", lambda: None)
+    monkeypatch.setattr(lesson._RestoreOnFailure, "active", {})
+    lesson.configure(SettingsMesh(), auto_mtls=False)
+    assert lesson._RestoreOnFailure.active == {}
+
+
+# ---- TLS 1.2 against 1.3 ------------------------------------------------------------------
+
+
+def test_compare_tls_versions_caps_then_restores_when_the_backend_can():
+    mesh = SettingsMesh()
+    wire = lesson.compare_tls_versions(mesh)
+    assert mesh.log == [
+        ("configure", {"tls_max_version": "TLSv1_2"}),
+        ("capture", "TLSv1_2"),
+        ("call", "service-a"),
+        ("configure", {"tls_max_version": "TLSv1_3"}),
+        ("capture", "TLSv1_3"),
+        ("call", "service-a"),
+    ]
+    assert wire.tls12 is not None and not wire.refused and not wire.restarted
+    assert repr(wire).splitlines() == [
+        "TLS 1.2: nothing captured",
+        "TLS 1.3 (Istio's choice): nothing captured",
+    ]
+
+
+def test_compare_tls_versions_restores_tls_13_when_the_capture_fails():
+    mesh = SettingsMesh()
+
+    def broken(*args, **kwargs):
+        raise MeshlabError("capture failed")
+
+    mesh.call = broken  # type: ignore[method-assign]
+    with pytest.raises(MeshlabError, match="capture failed"):
+        lesson.compare_tls_versions(mesh)
+    assert mesh.settings["tls_max_version"] == "TLSv1_3"
+
+
+def test_compare_tls_versions_shows_tls_13_alone_and_why_on_a_backend_that_refuses():
+    mesh = SettingsMesh(caps_tls=False)
+    wire = lesson.compare_tls_versions(mesh)
+    assert mesh.log == [
+        ("configure", {"tls_max_version": "TLSv1_2"}),
+        ("restart", "service-a"),  # a new sidecar: a new connection, handshake included
+        ("capture", "TLSv1_3"),
+        ("call", "service-a"),
+    ]
+    assert wire.tls12 is None and wire.refused == "tls_max_version: no such mesh setting here"
+    text = repr(wire)
+    assert text.splitlines()[0] == "TLS 1.3 (Istio's choice): nothing captured"
+    assert "TLS 1.2: not captured" in text and "MESHLAB_BACKEND=embedded" in text
+    assert "service-a was restarted first" in text
+    html = wire._repr_html_()
+    assert "TLS 1.3 (Istio&#x27;s choice)" in html and "needs the embedded mesh" in html
+    assert wire.explain("1.2") == "TLS 1.2: no capture on this backend (see the comparison above)."
+    assert wire.explain("TLS 1.3") == wire.tls13.explain_tls()
+    with pytest.raises(MeshlabError, match="expected '1.2' or '1.3'"):
+        wire.explain("1.1")
+
+
+def fake_capture(versions, ids, readable=False):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(tls_versions=versions, spiffe_ids=ids, readable_http=readable)
+
+
+def test_tls12_checks_are_kept_whenever_there_is_a_capture():
+    ids = {A_ID, B_ID}
+    good = lesson.TlsComparison(
+        fake_capture(["TLS 1.3"], []), fake_capture(["TLS 1.2"], [B_ID, A_ID])
+    )
+    assert good.check_tls12(ids) == "TLS 1.2 leaks both SPIFFE IDs, TLS 1.3 none"
+    for wrong, message in (
+        (fake_capture(["TLS 1.3"], []), r"negotiated \['TLS 1.3'\]"),
+        (fake_capture(["TLS 1.2"], [B_ID]), "identities on the wire"),
+        (fake_capture(["TLS 1.2"], [B_ID, A_ID], readable=True), "HTTP readable"),
+    ):
+        with pytest.raises(AssertionError, match=message):
+            lesson.TlsComparison(good.tls13, wrong).check_tls12(ids)
+    with pytest.raises(AssertionError, match="did not refuse"):
+        lesson.TlsComparison(good.tls13).check_tls12(ids)
+    refused = lesson.TlsComparison(good.tls13, refused="no such setting")
+    assert refused.check_tls12(ids) == "TLS 1.3 hides both SPIFFE IDs (TLS 1.2: embedded mesh only)"
 
 
 # ---- sidecar config views on canned dumps --------------------------------------------------

@@ -146,14 +146,15 @@ def test_connect_picks_the_backend_and_context(
     assert mesh.info()["context"] == "kind-meshlab"
 
 
-def test_mesh_settings_are_not_supported(fake: FakeApiServer, tmp_path: Path) -> None:
+def test_mesh_settings_are_not_options_of_the_connection(
+    fake: FakeApiServer, tmp_path: Path
+) -> None:
     kubeconfig = fake.kubeconfig(tmp_path)
-    mesh = KubernetesMesh(kubeconfig=kubeconfig)
-    with pytest.raises(NotSupportedError) as err:
-        mesh.configure(auto_mtls=False)
-    assert "istioctl install --set meshConfig.enableAutoMtls=false" in str(err.value)
-    with pytest.raises(NotSupportedError, match=r"meshConfig\.enableAutoMtls=false"):
+    with pytest.raises(NotSupportedError, match=r"mesh\.configure\(auto_mtls=\.\.\.\)"):
         KubernetesMesh(kubeconfig=kubeconfig, auto_mtls=False)
+    with pytest.raises(NotSupportedError, match="SECRET_TTL"):
+        KubernetesMesh(kubeconfig=kubeconfig, cert_ttl="1h")
+    assert not fake.sent("PATCH")  # refused before anything was sent
     # the embedded mesh's own options are accepted and mean nothing here
     KubernetesMesh(kubeconfig=kubeconfig, home="/nonexistent", start=False)
     with pytest.raises(TypeError, match="unknown option"):
