@@ -436,7 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     register_analysis(sub)
     register_images(sub)
 
-    p = sub.add_parser("mesh-config", help="change mesh-wide settings (meshConfig.enableAutoMtls, client TLS version)")
+    p = sub.add_parser(
+        "mesh-config", help="change mesh-wide settings (auto mTLS, client TLS version)"
+    )
     p.add_argument("--auto-mtls", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--tls-max-version", choices=["TLSv1_2", "TLSv1_3"])
     p.set_defaults(func=cmd_mesh_config)
