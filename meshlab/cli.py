@@ -40,6 +40,13 @@ def _mesh(args: argparse.Namespace, start: bool = True, **options: Any) -> Mesh:
     return connect(backend, **options)
 
 
+def _print_table(table: Table) -> None:
+    """A table without the trailing blanks rich pads its last column with."""
+    with out.capture() as captured:
+        out.print(table)
+    print("\n".join(line.rstrip() for line in captured.get().splitlines()))
+
+
 def _age(seconds: float) -> str:
     seconds = int(seconds)
     if seconds < 120:
@@ -148,7 +155,7 @@ def _print_pods(pods: list[Any]) -> None:
             p.namespace, p.name, f"{ready}/{containers}", p.phase, str(p.restarts),
             "istio-proxy" if p.sidecar else "-", p.ip,
         )  # fmt: skip
-    out.print(table)
+    _print_table(table)
     for p in pods:
         if p.message:
             err.print(f"[yellow]{p.namespace}/{p.name}:[/yellow] {escape(p.message)}")
@@ -220,7 +227,7 @@ def cmd_get(args: argparse.Namespace) -> int:
             row.append(str(extra[1](body)))
         row.append(age)
         table.add_row(*row)
-    out.print(table)
+    _print_table(table)
     return 0
 
 
