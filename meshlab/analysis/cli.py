@@ -80,7 +80,9 @@ def cmd_describe(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps(desc.to_dict(), indent=2))
     else:
-        out.print(description_rich(desc))
+        with out.capture() as captured:  # rich pads the last column: drop trailing blanks
+            out.print(description_rich(desc))
+        print("\n".join(line.rstrip() for line in captured.get().splitlines()))
     return 0
 
 
