@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -195,27 +194,27 @@ def test_socket_and_ca_key_are_private(cli):
 
 
 def test_capture_command_writes_a_pcap(cli, tmp_path: Path):
-    import threading
-
     pcap = tmp_path / "cli.pcap"
-    result: dict[str, subprocess.CompletedProcess[str]] = {}
-
-    def capture() -> None:
-        result["cap"] = cli(
-            "capture", "service-b-v1", "-n", "istio-meshlab", "--count", "1", "-w", str(pcap)
-        )
-
-    worker = threading.Thread(target=capture)
-    worker.start()
-    deadline = time.monotonic() + 20
-    while worker.is_alive() and time.monotonic() < deadline:
-        cli("call", "--from", "legacy-client", "-n", "legacy",
-            "http://service-b-v1.istio-meshlab:8080/hello")  # fmt: skip
-        worker.join(0.3)
-    worker.join(30)
-    done = result["cap"]
-    assert done.returncode == 0, done.stderr
-    assert "plaintext: HTTP request and response readable" in done.stdout
+    env = {**os.environ, "MESHLAB_HOME": str(cli.home)}
+    capture = subprocess.Popen(
+        [sys.executable, "-m", "meshlab.cli", "capture", "service-b-v1", "-n", "istio-meshlab",
+         "--count", "1", "-w", str(pcap)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert capture.stderr is not None
+        started = capture.stderr.readline()  # "Capturing on ...": recording has begun
+        assert started.startswith("Capturing on service-b-v1.istio-meshlab:8080"), started
+        call = cli("call", "--from", "legacy-client", "-n", "legacy",
+                   "http://service-b-v1.istio-meshlab:8080/hello")  # fmt: skip
+        assert call.returncode == 0, call.stderr
+        stdout, stderr = capture.communicate(timeout=30)
+    finally:
+        if capture.poll() is None:
+            capture.kill()
+    assert capture.returncode == 0, stderr
+    assert "plaintext: HTTP request and response readable" in stdout
+    assert f"Wrote 1 flow(s) to {pcap}" in stderr
     assert pcap.stat().st_size > 0
 
 
