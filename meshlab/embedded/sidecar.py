@@ -95,6 +95,9 @@ class Sidecar:
         self.pod = pod
         self.folder = folder
         self.versions: dict[str, str] = {}
+        # Envoy's refused-update counters as last seen, per stat prefix: a rise since then
+        # is a refusal of what we wrote after it.
+        self.rejections: dict[str, int] = {}
         for sub in ("lds", "cds", "sds"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
 
@@ -150,24 +153,27 @@ class Sidecar:
         last_error = ""
         while True:
             try:
-                stats = await self.stats(r"(lds|cds|sds)\..*(version_text|update_rejected)")
+                stats = await self.stats(
+                    r"(lds|cds|sds)\..*(version_text|update_rejected|update_failure)"
+                )
             except (OSError, TimeoutError) as err:
                 stats, last_error = {}, str(err)
-            pending = []
-            for key, version in wanted.items():
-                prefix = (
-                    VERSION_STATS.get(key)
-                    or f"sds.{key.split('_', 1)[1].replace('rootca', 'ROOTCA')}"
-                )
-                if stats.get(f"{prefix}.version_text") != version:
-                    pending.append(key)
+            pending = [
+                key
+                for key, version in wanted.items()
+                if stats.get(f"{_prefix(key)}.version_text") != version
+            ]
+            rejected = [k for k in pending if stats and self._newly_rejected(stats, k)]
+            if stats:
+                for key in wanted:
+                    self.rejections[_prefix(key)] = _rejected_count(stats, _prefix(key))
             if not pending:
                 return time.monotonic() - start
-            rejected = [k for k in pending if _rejected(stats, k)]
-            if rejected and time.monotonic() - start > 0.5:
+            if rejected:
                 raise MeshTimeoutError(
                     f"sidecar of {self.pod.namespace}/{self.pod.name} rejected its new "
-                    f"{', '.join(rejected)} config (see {self.folder.parent / 'envoy.log'})"
+                    f"{', '.join(rejected)} config; it keeps serving the previous one "
+                    f"(see {self.folder.parent / 'istio-proxy.log'})"
                 )
             if time.monotonic() - start > timeout:
                 raise MeshTimeoutError(
@@ -178,6 +184,14 @@ class Sidecar:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.05)
 
+    def _newly_rejected(self, stats: dict[str, str], key: str) -> bool:
+        prefix = _prefix(key)
+        count = _rejected_count(stats, prefix)
+        seen = self.rejections.get(prefix, 0)
+        if count < seen:  # Envoy restarted: its counters start again from zero
+            seen = 0
+        return count > seen
+
     async def config_dump(self, resource: str = "") -> dict[str, Any]:
         path = "/config_dump" + (f"?resource={resource}" if resource else "")
         status, body = await self.admin(path, timeout=5.0)
@@ -187,9 +201,16 @@ class Sidecar:
         return result
 
 
-def _rejected(stats: dict[str, str], key: str) -> bool:
-    prefix = VERSION_STATS.get(key, "sds")
-    for name, value in stats.items():
-        if name.startswith(prefix) and name.endswith("update_rejected") and value not in ("0", ""):
-            return True
-    return False
+def _prefix(key: str) -> str:
+    """The stats prefix of a config file: listener_manager.lds, sds.default, sds.ROOTCA..."""
+    return VERSION_STATS.get(key) or f"sds.{key.split('_', 1)[1].replace('rootca', 'ROOTCA')}"
+
+
+def _rejected_count(stats: dict[str, str], prefix: str) -> int:
+    """Updates Envoy refused: invalid resources (update_rejected) and files it could not
+    parse (update_failure)."""
+    total = 0
+    for counter in ("update_rejected", "update_failure"):
+        value = stats.get(f"{prefix}.{counter}", "0")
+        total += int(value) if value.isdigit() else 0
+    return total
