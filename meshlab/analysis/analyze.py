@@ -19,13 +19,13 @@ from meshlab.analysis.state import (
     MeshState,
     created_at,
     destination_rule_from,
-    injects_sidecar,
     peer_authentication_from,
     service_from,
     template_ports,
     workload_of,
 )
 from meshlab.embedded.model import Pod, Snapshot
+from meshlab.embedded.policy import injects_sidecar
 from meshlab.resources import Resource
 
 __all__ = ["analyze", "apply_warnings", "findings_for", "merge_proposed", "run_checks"]

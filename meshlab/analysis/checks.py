@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from meshlab.analysis.findings import Finding, ref, sort_findings
-from meshlab.analysis.state import MeshState, injection_enabled, injects_sidecar, workload_of
+from meshlab.analysis.state import MeshState, workload_of
 from meshlab.embedded import policy
 from meshlab.embedded.model import (
     DestinationRule,
@@ -22,8 +22,10 @@ from meshlab.embedded.model import (
     Service,
     ServicePort,
     Snapshot,
+    selects,
     target_port,
 )
+from meshlab.embedded.policy import injection_enabled, injects_sidecar
 
 PA, DR, DEPLOY, NS = "PeerAuthentication", "DestinationRule", "Deployment", "Namespace"
 CURL_RESET = "connection reset, curl exit 56, HTTP code 000"
@@ -46,10 +48,6 @@ def _deploy_ref(namespace: str, workload: str) -> str:
 
 def _key(obj: PeerAuthentication | DestinationRule) -> str:
     return f"{obj.namespace}/{obj.name}"
-
-
-def _selects(selector: Mapping[str, str] | None, pod: Pod) -> bool:
-    return all(pod.labels.get(k) == v for k, v in (selector or {}).items())
 
 
 def _labels_text(labels: Mapping[str, str]) -> str:
@@ -76,7 +74,7 @@ def _service_workloads(snapshot: Snapshot, service: Service) -> list[tuple[str, 
         return []
     found: dict[str, Pod] = {}
     for pod in sorted(snapshot.pods, key=lambda p: (not p.ready, p.name)):
-        if pod.namespace == service.namespace and _selects(service.selector, pod):
+        if pod.namespace == service.namespace and selects(service.selector, pod):
             found.setdefault(workload_of(pod), pod)
     return sorted(found.items())
 
@@ -106,21 +104,6 @@ def _sidecar_clients(snapshot: Snapshot, namespaces: Iterable[str], skip: str = 
             if p.sidecar and p.namespace in wanted and f"{p.namespace}/{workload_of(p)}" != skip
         }
     )
-
-
-def _server_ports(snapshot: Snapshot, pod: Pod) -> list[tuple[Service, ServicePort, int]]:
-    """(service, service port, container port) for each service port that reaches ``pod``."""
-    out = []
-    for service in snapshot.services:
-        if service.namespace != pod.namespace or not service.selector:
-            continue
-        if not _selects(service.selector, pod):
-            continue
-        for sp in service.ports:
-            cport = target_port(pod, sp)
-            if cport is not None:
-                out.append((service, sp, cport))
-    return out
 
 
 # ---- MLB01xx: client and server disagree --------------------------------------------------------
@@ -225,7 +208,7 @@ def _strict_servers(
         pod = next((p for p in pods if p.ready), pods[0])
         if not pod.sidecar:
             continue
-        for service, sp, cport in _server_ports(snap, pod):
+        for service, sp, cport in snap.ports_targeting(pod):
             eff = policy.effective_peer_authentication(snap, pod, cport)
             if eff.mode == policy.STRICT and eff.source is not None:
                 out[eff.source.policy].append((workload, pod, service, sp, cport))
@@ -312,13 +295,13 @@ def check_port_level_keys(state: MeshState) -> Iterator[Finding]:
     for pa in snap.peer_authentications:
         if not pa.port_level or not pa.selector or pa.namespace == root:
             continue
-        pods = [p for p in snap.pods if p.namespace == pa.namespace and _selects(pa.selector, p)]
+        pods = [p for p in snap.pods if p.namespace == pa.namespace and selects(pa.selector, p)]
         if not pods:
             continue
         known: set[int] = set()
         for pod in pods:
             known |= set(pod.container_ports)
-            known |= {cport for _, _, cport in _server_ports(snap, pod)}
+            known |= {cport for _, _, cport in snap.ports_targeting(pod)}
         if not known:
             continue  # the pods declare no ports: nothing to compare with
         names = sorted({workload_of(p) for p in pods})
@@ -328,7 +311,7 @@ def check_port_level_keys(state: MeshState) -> Iterator[Finding]:
             as_service_port = [
                 (service, sp, cport)
                 for pod in pods
-                for service, sp, cport in _server_ports(snap, pod)
+                for service, sp, cport in snap.ports_targeting(pod)
                 if sp.port == key
             ]
             if as_service_port:
@@ -360,11 +343,11 @@ def check_selector_matches(state: MeshState) -> Iterator[Finding]:
     for pa in snap.peer_authentications:
         if not pa.selector or pa.namespace == root:
             continue
-        if any(p.namespace == pa.namespace and _selects(pa.selector, p) for p in snap.pods):
+        if any(p.namespace == pa.namespace and selects(pa.selector, p) for p in snap.pods):
             continue
         others = sorted(
             {workload_of(p) for p in snap.pods if p.namespace != pa.namespace
-             and _selects(pa.selector, p)}
+             and selects(pa.selector, p)}
         )  # fmt: skip
         hint = (
             f" (pods with these labels run in other namespaces: {_names(others)}; a policy "
@@ -457,7 +440,7 @@ def check_duplicate_workload_policies(state: MeshState) -> Iterator[Finding]:
             (
                 pa
                 for pa in snap.peer_authentications
-                if pa.selector and pa.namespace == namespace != root and _selects(pa.selector, pod)
+                if pa.selector and pa.namespace == namespace != root and selects(pa.selector, pod)
             ),
             key=lambda p: (p.created, p.name, p.namespace),
         )

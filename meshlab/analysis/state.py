@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from meshlab.embedded.model import (
+    BUILTIN_NAMESPACES,
     DestinationRule,
     MeshConfig,
     PeerAuthentication,
@@ -31,10 +32,8 @@ from meshlab.embedded.model import (
     Snapshot,
 )
 
-BUILTIN_NAMESPACES = ("default", "istio-system")
 # The kinds the analysis reads from a backend's stored objects.
 ANALYZED_KINDS = ("Namespace", "Service", "Deployment", "PeerAuthentication", "DestinationRule")
-INJECT = "sidecar.istio.io/inject"
 
 
 @dataclass(frozen=True)
@@ -67,32 +66,6 @@ def workload_of(pod: Pod) -> str:
     if thash and f"-{thash}-" in pod.name:
         return pod.name[: pod.name.rindex(f"-{thash}-")]
     return pod.labels.get("app") or pod.name
-
-
-def injects_sidecar(namespace_labels: Mapping[str, str], template_meta: Mapping[str, Any]) -> bool:
-    """Istio's injection decision for a new pod: the namespace label
-    ``istio-injection=enabled`` (or ``istio.io/rev``), unless the pod says
-    ``sidecar.istio.io/inject: "false"``; ``istio-injection=disabled`` always wins."""
-    labels = template_meta.get("labels") or {}
-    annotations = template_meta.get("annotations") or {}
-    pod_says = labels.get(INJECT, annotations.get(INJECT))
-    ns_value = namespace_labels.get("istio-injection")
-    if ns_value == "disabled":
-        return False
-    if pod_says is not None and str(pod_says).lower() == "false":
-        return False
-    if ns_value == "enabled" or "istio.io/rev" in namespace_labels:
-        return True
-    return pod_says is not None and str(pod_says).lower() == "true"
-
-
-def injection_enabled(namespace_labels: Mapping[str, str]) -> bool:
-    """The namespace asks for sidecars in its new pods."""
-    if namespace_labels.get("istio-injection") == "disabled":
-        return False
-    return namespace_labels.get("istio-injection") == "enabled" or (
-        "istio.io/rev" in namespace_labels
-    )
 
 
 def template_ports(template: Mapping[str, Any]) -> tuple[tuple[int, ...], dict[str, int]]:

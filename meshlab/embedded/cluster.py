@@ -26,6 +26,7 @@ from meshlab.embedded import policy, xds
 from meshlab.embedded.addresses import AddressBlock, address_free
 from meshlab.embedded.ca import CertificateAuthority
 from meshlab.embedded.model import (
+    BUILTIN_NAMESPACES,
     INBOUND_PORT,
     OUTBOUND_PORT,
     MeshConfig,
@@ -41,7 +42,6 @@ from meshlab.resources import Resource, convert, load
 
 log = logging.getLogger("meshlab.cluster")
 
-BUILTIN_NAMESPACES = ("default", "istio-system")
 APPLY_ORDER = [
     "Namespace",
     "ServiceAccount",
@@ -349,18 +349,7 @@ class Cluster:
     def _inject(self, namespace: str, template: dict[str, Any]) -> bool:
         """Istio's injection decision, made once when the pod is created."""
         meta = template.get("metadata", {}) or {}
-        labels = meta.get("labels", {}) or {}
-        annotations = meta.get("annotations", {}) or {}
-        pod_says = labels.get("sidecar.istio.io/inject", annotations.get("sidecar.istio.io/inject"))
-        ns_labels = self.namespaces().get(namespace, {})
-        ns_value = ns_labels.get("istio-injection")
-        if ns_value == "disabled":
-            return False
-        if pod_says is not None and str(pod_says).lower() == "false":
-            return False
-        if ns_value == "enabled" or "istio.io/rev" in ns_labels:
-            return True
-        return pod_says is not None and str(pod_says).lower() == "true"
+        return policy.injects_sidecar(self.namespaces().get(namespace, {}), meta)
 
     def _allocate(self, ports: list[int]) -> tuple[str, str]:
         for _ in range(256):

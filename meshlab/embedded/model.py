@@ -15,6 +15,7 @@ Addresses: every pod has two loopback addresses.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 CLUSTER_DOMAIN = "cluster.local"
@@ -22,6 +23,9 @@ CLUSTER_DOMAIN = "cluster.local"
 ADMIN_PORT = 15000
 OUTBOUND_PORT = 15001
 INBOUND_PORT = 15006
+
+# Namespaces every cluster has before anything is applied (Istio installed in istio-system).
+BUILTIN_NAMESPACES = ("default", "istio-system")
 
 TLS_MODES_PA = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
 TLS_MODES_DR = ("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL")
@@ -129,10 +133,30 @@ class Snapshot:
                 for p in self.pods
                 if p.namespace == service.namespace
                 and p.ready
-                and all(p.labels.get(k) == v for k, v in service.selector.items())
+                and selects(service.selector, p)
             ),
             key=lambda p: p.name,
         )
+
+    def ports_targeting(self, pod: Pod) -> list[tuple[Service, ServicePort, int]]:
+        """(service, service port, container port) for every Service port that reaches
+        ``pod``, services in FQDN order."""
+        out = []
+        for service in sorted(self.services, key=lambda s: s.fqdn):
+            if service.namespace != pod.namespace or not service.selector:
+                continue
+            if not selects(service.selector, pod):
+                continue
+            for sp in service.ports:
+                cport = target_port(pod, sp)
+                if cport is not None:
+                    out.append((service, sp, cport))
+        return out
+
+
+def selects(selector: Mapping[str, str] | None, pod: Pod) -> bool:
+    """A label selector (matchLabels) matches the pod; an empty one matches every pod."""
+    return all(pod.labels.get(k) == v for k, v in (selector or {}).items())
 
 
 def spiffe_id(namespace: str, service_account: str, trust_domain: str = CLUSTER_DOMAIN) -> str:

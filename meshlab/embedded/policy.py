@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from meshlab.embedded.model import (
     CLUSTER_DOMAIN,
@@ -24,6 +26,7 @@ from meshlab.embedded.model import (
     Service,
     ServicePort,
     Snapshot,
+    selects,
     target_port,
 )
 
@@ -105,10 +108,6 @@ class EffectiveMtls:
         return lines
 
 
-def _selects(selector: dict[str, str] | None, pod: Pod) -> bool:
-    return all(pod.labels.get(k) == v for k, v in (selector or {}).items())
-
-
 def effective_peer_authentication(
     snapshot: Snapshot, pod: Pod, port: int | None = None
 ) -> EffectiveMtls:
@@ -128,9 +127,9 @@ def effective_peer_authentication(
             elif pa.namespace == pod.namespace:
                 namespace.append(pa)
         elif pa.namespace == pod.namespace and pa.namespace != root:
-            if _selects(pa.selector, pod):
+            if selects(pa.selector, pod):
                 workload.append(pa)
-        elif pa.namespace == root and _selects(pa.selector, pod):
+        elif pa.namespace == root and selects(pa.selector, pod):
             ignored.append(
                 (_key(pa), f"a policy with a selector in the root namespace ({root}) is ignored")
             )
@@ -185,7 +184,7 @@ def _service_target_ports(snapshot: Snapshot, pod: Pod) -> set[int]:
         if (
             service.namespace == pod.namespace
             and service.selector
-            and _selects(service.selector, pod)
+            and selects(service.selector, pod)
         ):
             ports.update(p for sp in service.ports if (p := target_port(pod, sp)) is not None)
     return ports
@@ -499,3 +498,33 @@ def predict_call(
         return Prediction(503, False, TLS_ERROR, why, body_contains=BODY_TLS_FAILURE)
     why.append(f"mutual TLS between the sidecars ({server_mode} accepts it): the app answers")
     return Prediction(200, True, OK, why)
+
+
+# ---- sidecar injection -------------------------------------------------------------------
+INJECT = "sidecar.istio.io/inject"
+
+
+def injects_sidecar(namespace_labels: Mapping[str, str], template_meta: Mapping[str, Any]) -> bool:
+    """Istio's injection decision for a new pod: the namespace label
+    ``istio-injection=enabled`` (or ``istio.io/rev``), unless the pod says
+    ``sidecar.istio.io/inject: "false"``; ``istio-injection=disabled`` always wins."""
+    labels = template_meta.get("labels") or {}
+    annotations = template_meta.get("annotations") or {}
+    pod_says = labels.get(INJECT, annotations.get(INJECT))
+    ns_value = namespace_labels.get("istio-injection")
+    if ns_value == "disabled":
+        return False
+    if pod_says is not None and str(pod_says).lower() == "false":
+        return False
+    if ns_value == "enabled" or "istio.io/rev" in namespace_labels:
+        return True
+    return pod_says is not None and str(pod_says).lower() == "true"
+
+
+def injection_enabled(namespace_labels: Mapping[str, str]) -> bool:
+    """The namespace asks for sidecars in its new pods."""
+    if namespace_labels.get("istio-injection") == "disabled":
+        return False
+    return namespace_labels.get("istio-injection") == "enabled" or (
+        "istio.io/rev" in namespace_labels
+    )

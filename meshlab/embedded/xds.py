@@ -322,25 +322,10 @@ def _virtual_outbound(snapshot: Snapshot, pod: Pod) -> dict[str, Any]:
     }
 
 
-def _services_of(snapshot: Snapshot, pod: Pod) -> list[tuple[Service, ServicePort, int]]:
-    """(service, service port, container port) for every Service port that targets the pod."""
-    out = []
-    for service in sorted(snapshot.services, key=lambda s: s.fqdn):
-        if service.namespace != pod.namespace or not service.selector:
-            continue
-        if not all(pod.labels.get(k) == v for k, v in service.selector.items()):
-            continue
-        for sp in service.ports:
-            cport = target_port(pod, sp)
-            if cport is not None:
-                out.append((service, sp, cport))
-    return out
-
-
 def inbound_ports(snapshot: Snapshot, pod: Pod) -> list[int]:
     """The container ports the sidecar serves: declared ports plus Service target ports."""
     ports = set(pod.container_ports)
-    ports.update(cport for _, _, cport in _services_of(snapshot, pod))
+    ports.update(cport for _, _, cport in snapshot.ports_targeting(pod))
     return sorted(ports)
 
 
@@ -461,7 +446,7 @@ def _inbound_chains(
 
 
 def _virtual_inbound(snapshot: Snapshot, pod: Pod, config_dir: Path) -> dict[str, Any]:
-    services = _services_of(snapshot, pod)
+    services = snapshot.ports_targeting(pod)
     chains: list[dict[str, Any]] = [
         {
             # Istio's guard against connections addressed to 15006 itself.
@@ -530,10 +515,7 @@ def _upstream_tls(
         "typed_config": {
             "@type": _UPSTREAM_TLS,
             "common_tls_context": {
-                "tls_params": {
-                    "tls_minimum_protocol_version": "TLSv1_2",
-                    "tls_maximum_protocol_version": snapshot.mesh.tls_max_version,
-                },
+                "tls_params": _client_tls_params(snapshot),
                 "alpn_protocols": CLIENT_ALPNS,
                 "tls_certificate_sds_secret_configs": [_sds("default", config_dir)],
                 "combined_validation_context": {
@@ -546,6 +528,14 @@ def _upstream_tls(
     }
 
 
+def _client_tls_params(snapshot: Snapshot) -> dict[str, str]:
+    """What a client sidecar offers: TLS 1.2 up to the mesh's maximum (1.3, as Istio)."""
+    return {
+        "tls_minimum_protocol_version": "TLSv1_2",
+        "tls_maximum_protocol_version": snapshot.mesh.tls_max_version,
+    }
+
+
 def _simple_tls(snapshot: Snapshot, service: Service) -> dict[str, Any]:
     # DestinationRule SIMPLE / MUTUAL: TLS origination with certificates the rule names. The
     # embedded mesh has no such files, so it sends TLS without a client certificate and
@@ -555,10 +545,7 @@ def _simple_tls(snapshot: Snapshot, service: Service) -> dict[str, Any]:
         "typed_config": {
             "@type": _UPSTREAM_TLS,
             "common_tls_context": {
-                "tls_params": {
-                    "tls_minimum_protocol_version": "TLSv1_2",
-                    "tls_maximum_protocol_version": snapshot.mesh.tls_max_version,
-                }
+                "tls_params": _client_tls_params(snapshot)
             },
             "sni": service.fqdn,
         },
@@ -681,7 +668,7 @@ def clusters(snapshot: Snapshot, pod: Pod, config_dir: Path) -> list[dict[str, A
         for service in sorted(snapshot.services, key=lambda s: s.fqdn)
         for port in sorted(service.ports, key=lambda p: p.port)
     ]
-    services = _services_of(snapshot, pod)
+    services = snapshot.ports_targeting(pod)
     out += [_inbound_cluster(pod, port, services) for port in inbound_ports(snapshot, pod)]
     out.append({"name": BLACKHOLE_CLUSTER, "type": "STATIC", "connect_timeout": "10s"})
     return out

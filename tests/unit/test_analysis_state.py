@@ -9,14 +9,10 @@ import json
 import pytest
 
 from meshlab.analysis import describe_call, run_checks, snapshot_from_dict, snapshot_from_objects
-from meshlab.analysis.state import (
-    injection_enabled,
-    injects_sidecar,
-    state_from_mesh_objects,
-    workload_of,
-)
+from meshlab.analysis.state import state_from_mesh_objects, workload_of
 from meshlab.api import Mesh, MeshStatus, PodStatus
 from meshlab.embedded.model import MeshConfig, ServicePort
+from meshlab.embedded.policy import injection_enabled, injects_sidecar
 from tests.unit.test_analysis import NS, STRICT_NS, dr, lesson, pa, service
 
 
